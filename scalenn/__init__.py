@@ -1,0 +1,11 @@
+"""scalenn: compressed drop-in layers (sparse, int8) and fused gradient all-reduce for PyTorch."""
+import torch  # noqa: F401  (torch must load before the extension)
+
+from . import _C_loader  # noqa: F401
+from . import _C
+from . import _ops  # noqa: F401  (fake kernels, autograd, GPU backends)
+from .ops import dequantize_per_row, quantize_per_row
+
+__version__ = _C.build_info()["version"]
+
+__all__ = ["quantize_per_row", "dequantize_per_row", "__version__"]

@@ -1,0 +1,6 @@
+"""Python side of the op registry: fake (meta) kernels, autograd and GPU backends per op family.
+
+Importing this package registers everything; `scalenn/__init__.py` does so once.
+"""
+from . import quantize  # noqa: F401
+from . import gpu_backends  # noqa: F401

@@ -1,0 +1,191 @@
+"""Benchmark machinery: interleaved timing, inputs rotated out of cache, medians and ratios,
+and results written as json + markdown + png with the machine, the command and the date.
+
+Rules (DESIGN.md): variants of one case run interleaved in one process (A B C A B C ...), so
+drift and noise hit all of them alike; each call reads inputs (weights included) that are not in
+cache, by rotating through copies that together exceed the last-level cache; we report medians
+and ratios to a stated baseline, never a single run.
+"""
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+# Rotated copies of the inputs of one variant should together exceed this (3x a 32 MiB L3).
+ROTATION_BYTES = 96 * 2**20
+
+
+def copies_for(bytes_per_copy: int, target: int = ROTATION_BYTES, max_copies: int = 64) -> int:
+    """How many copies of an input of `bytes_per_copy` bytes to rotate through so that a call
+    finds it in memory, not in cache."""
+    if bytes_per_copy <= 0:
+        return 1
+    return int(max(1, min(max_copies, -(-target // bytes_per_copy))))
+
+
+class Rotator:
+    """Cycles through prepared argument sets; `next()` returns the next one."""
+
+    def __init__(self, items: Sequence):
+        if not items:
+            raise ValueError("Rotator needs at least one item")
+        self.items = list(items)
+        self.i = 0
+
+    def next(self):
+        item = self.items[self.i]
+        self.i = (self.i + 1) % len(self.items)
+        return item
+
+
+def interleaved_times(variants: Dict[str, Callable[[], object]], rounds: int = 15,
+                      calls_per_round: int = 0, target_round_s: float = 0.02,
+                      warmup: int = 2) -> Dict[str, List[float]]:
+    """Time each variant `rounds` times, interleaved; returns seconds per call per round.
+
+    Each round runs every variant `calls_per_round` times back to back (auto-sized from a
+    warm-up so one round of the slowest variant takes about `target_round_s`).
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    if calls_per_round <= 0:
+        slowest = 0.0
+        for fn in variants.values():
+            t0 = time.perf_counter()
+            fn()
+            slowest = max(slowest, time.perf_counter() - t0)
+        calls_per_round = int(max(1, min(1000, target_round_s / max(slowest, 1e-7))))
+    out = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(calls_per_round):
+                fn()
+            out[name].append((time.perf_counter() - t0) / calls_per_round)
+    return out
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def iqr(xs: Sequence[float]) -> float:
+    if len(xs) < 4:
+        return 0.0
+    q = statistics.quantiles(xs, n=4)
+    return q[2] - q[0]
+
+
+@dataclass
+class Report:
+    """A benchmark's table: one row per (case, variant)."""
+    name: str
+    columns: List[str]
+    rows: List[Dict[str, object]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    plot: Optional[Callable] = None  # fn(report, matplotlib_axes_figure) -> None
+
+    def add(self, **row):
+        self.rows.append(row)
+
+
+def machine_info() -> Dict[str, object]:
+    from .. import _C
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "isa": _C.current_isa(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "scalenn": _C.build_info()["version"],
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(["scalenn"] + sys.argv[1:]) if sys.argv else "",
+    }
+
+
+def format_value(v) -> str:
+    if isinstance(v, float):
+        if v == 0 or 0.01 <= abs(v) < 10000:
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def to_markdown(report: Report, meta: Dict[str, object]) -> str:
+    lines = [f"# scalenn bench {report.name}", ""]
+    lines += [f"- {k}: `{v}`" for k, v in meta.items()]
+    lines.append("")
+    lines.append("| " + " | ".join(report.columns) + " |")
+    lines.append("|" + "---|" * len(report.columns))
+    for row in report.rows:
+        lines.append("| " + " | ".join(format_value(row.get(c, "")) for c in report.columns) + " |")
+    if report.notes:
+        lines.append("")
+        lines += [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: Report, out_dir: str) -> Dict[str, str]:
+    """Write NAME.json, NAME.md and (when a plot function is given) NAME.png into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = machine_info()
+    base = os.path.join(out_dir, report.name)
+    paths = {"json": base + ".json", "md": base + ".md"}
+    with open(paths["json"], "w") as f:
+        json.dump({"meta": meta, "columns": report.columns, "rows": report.rows,
+                   "notes": report.notes}, f, indent=1)
+    with open(paths["md"], "w") as f:
+        f.write(to_markdown(report, meta))
+    if report.plot is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=(10, 5.5))
+        report.plot(report, fig)
+        fig.suptitle(f"scalenn bench {report.name} - {meta['cpu']} - {meta['date'][:10]}",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(base + ".png", dpi=110)
+        plt.close(fig)
+        paths["png"] = base + ".png"
+    return paths
+
+
+def ratio_bar_plot(group_key: str, variant_key: str, value_key: str, ylabel: str):
+    """A plot function: grouped bars of `value_key` per group, one bar per variant."""
+    def plot(report: Report, fig):
+        ax = fig.add_subplot(1, 1, 1)
+        groups = list(dict.fromkeys(str(r[group_key]) for r in report.rows))
+        variants = list(dict.fromkeys(str(r[variant_key]) for r in report.rows))
+        width = 0.8 / max(1, len(variants))
+        for vi, v in enumerate(variants):
+            xs, ys = [], []
+            for gi, g in enumerate(groups):
+                for r in report.rows:
+                    if str(r[group_key]) == g and str(r[variant_key]) == v:
+                        xs.append(gi + vi * width)
+                        ys.append(float(r[value_key]))
+            ax.bar(xs, ys, width=width, label=v)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+        ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.axhline(1.0, color="k", lw=0.6)
+        ax.legend(fontsize=7)
+    return plot

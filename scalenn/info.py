@@ -1,0 +1,49 @@
+"""`scalenn info`: what was built and which CPU/GPU paths are active (the diagnostics command)."""
+import importlib.util
+import os
+import platform
+
+import torch
+
+from . import _C
+from ._ops.gpu_backends import gpu_backend
+
+
+def collect() -> dict:
+    build = _C.build_info()
+    triton_version = None
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            import triton
+            triton_version = triton.__version__
+        except Exception as exc:  # a broken triton install should not break diagnostics
+            triton_version = f"import failed: {exc}"
+    cuda_archs = None
+    if build["cuda"]:
+        cuda_archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or "torch default at build time"
+    return {
+        "scalenn": build["version"],
+        "torch": torch.__version__,
+        "torch built with CUDA": torch.version.cuda or "no",
+        "python": platform.python_version(),
+        "compiler": build.get("compiler", "unknown"),
+        "cpu features": " ".join(_C.cpu_features()),
+        "cpu isa (detected)": _C.detected_isa(),
+        "cpu isa (selected)": _C.current_isa(),
+        "SCALENN_CPU_ISA": os.environ.get("SCALENN_CPU_ISA", "(unset)"),
+        "threads": torch.get_num_threads(),
+        "cuda kernels built": "yes" if build["cuda"] else "no",
+        "cuda archs": cuda_archs or "-",
+        "cuda device available": torch.cuda.is_available(),
+        "gpu backend for CUDA tensors": gpu_backend(),
+        "triton": triton_version or "not installed",
+        "triton interpreter (TRITON_INTERPRET)": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+    }
+
+
+def main() -> int:
+    info = collect()
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,51 @@
+"""The command line as a user runs it: scalenn info, scalenn bench, scalenn demo."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "scalenn", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_info_reports_isa_and_build():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    for key in ("cpu isa (selected)", "cuda kernels built", "triton", "threads", "torch"):
+        assert key in result.stdout
+
+
+def test_info_honours_isa_override():
+    result = run_cli("info", env=dict(os.environ, SCALENN_CPU_ISA="scalar"))
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("cpu isa (selected)") and line.split()[-1] == "scalar"
+               for line in result.stdout.splitlines())
+
+
+def test_bench_quantize_writes_json_md_png(tmp_path):
+    result = run_cli("bench", "quantize", "--quick", "--threads", "1", "--rounds", "3",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"quantize.{ext}").stat().st_size > 0
+    data = json.loads((tmp_path / "quantize.json").read_text())
+    assert {"cpu", "date", "command"} <= set(data["meta"])
+    assert {r["variant"] for r in data["rows"]} == {"torch ops", "scalenn"}
+
+
+def test_bench_unknown_name_is_clear_error():
+    result = run_cli("bench", "nonexistent")
+    assert result.returncode == 2 and "available" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs():
+    result = run_cli("demo", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
