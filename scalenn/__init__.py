@@ -4,8 +4,10 @@ import torch  # noqa: F401  (torch must load before the extension)
 from . import _C_loader  # noqa: F401
 from . import _C
 from . import _ops  # noqa: F401  (fake kernels, autograd, GPU backends)
+from . import nn  # noqa: F401
 from .ops import dequantize_per_row, quantize_per_row
+from .serialize import load, save
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["quantize_per_row", "dequantize_per_row", "__version__"]
+__all__ = ["quantize_per_row", "dequantize_per_row", "save", "load", "__version__"]

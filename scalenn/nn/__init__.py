@@ -1,0 +1,2 @@
+"""Compressed drop-in replacements for torch.nn layers."""
+from .registry import COMPRESSED_MODULES, register_compressed_module  # noqa: F401
