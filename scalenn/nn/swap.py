@@ -10,7 +10,7 @@ import torch.nn as nn
 LayerFilter = Optional[Union[Callable[[nn.Module, str], bool], Sequence[str], str]]
 
 
-def make_filter(filter: LayerFilter) -> Callable[[nn.Module, str], bool]:
+def make_filter(filter: LayerFilter, full_match: bool = False) -> Callable[[nn.Module, str], bool]:
     if filter is None:
         return lambda module, name: True
     if callable(filter):
@@ -23,16 +23,18 @@ def make_filter(filter: LayerFilter) -> Callable[[nn.Module, str], bool]:
         compiled = [re.compile(p) for p in patterns]
     except re.error as exc:
         raise ValueError(f"filter: invalid regular expression: {exc}") from None
+    if full_match:
+        return lambda module, name: any(c.fullmatch(name) for c in compiled)
     return lambda module, name: any(c.search(name) for c in compiled)
 
 
 def named_modules_of_type(model: nn.Module, types: Union[type, Tuple[type, ...]],
                           filter: LayerFilter = None, skip: Iterable[str] = ()
                           ) -> Iterator[Tuple[str, nn.Module]]:
-    """(name, module) for each submodule of `types` that passes `filter` and is not in `skip`
-    (exact names or regexes)."""
+    """(name, module) for each submodule of `types` that passes `filter` (regexes: re.search) and
+    is not in `skip` (names or regexes that must match the whole name)."""
     keep = make_filter(filter)
-    skip_filter = make_filter(list(skip)) if skip else (lambda m, n: False)
+    skip_filter = make_filter(list(skip), full_match=True) if skip else (lambda m, n: False)
     for name, module in list(model.named_modules()):
         if isinstance(module, types) and name and keep(module, name) and not skip_filter(module, name):
             yield name, module
