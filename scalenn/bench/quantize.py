@@ -57,4 +57,5 @@ def _plot(report, fig):
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("speed-up of scalenn over torch ops (x)")
+    ax.set_yscale("log")
+    ax.set_ylabel("speed-up of scalenn over torch ops (x, log scale)")
