@@ -58,12 +58,12 @@ __device__ __forceinline__ void load_slab(int8_t* smem, const int8_t* __restrict
   }
 }
 
-template <class Cfg, bool ALIGNED, typename OutT, bool RAW>
+template <class Cfg, bool ALIGNED, typename OutT>
 __global__ void __launch_bounds__(Cfg::kThreads)
     int8_gemm_kernel(const int8_t* __restrict__ xq, const float* __restrict__ row_scale,
                      const int8_t* __restrict__ w, const float* __restrict__ w_scale,
-                     const float* __restrict__ bias, OutT* __restrict__ y,
-                     int32_t* __restrict__ raw, int64_t M, int64_t N, int64_t K, int act) {
+                     const float* __restrict__ bias, OutT* __restrict__ y, int64_t M, int64_t N,
+                     int64_t K, int act) {
   extern __shared__ __align__(128) int8_t smem[];
   constexpr int kStageBytes = (Cfg::kOut + Cfg::kTok) * kSlab;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -137,13 +137,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int64_t o = out0 + (warp_o * Cfg::MT + mt) * 16 + g + (v >= 2 ? 8 : 0);
         const int64_t tk = tok0 + (warp_t * Cfg::NT + nt) * 8 + 2 * t + (v & 1);
         if (o >= N || tk >= M) continue;
-        if constexpr (RAW) {
-          raw[tk * N + o] = acc[mt][nt][v];
-        } else {
-          float r = static_cast<float>(acc[mt][nt][v]) * row_scale[tk] * w_scale[o];
-          if (bias != nullptr) r += bias[o];
-          y[tk * N + o] = from_float<OutT>(activate(r, act));
-        }
+        float r = static_cast<float>(acc[mt][nt][v]) * row_scale[tk] * w_scale[o];
+        if (bias != nullptr) r += bias[o];
+        y[tk * N + o] = from_float<OutT>(activate(r, act));
       }
     }
   }
@@ -153,12 +149,12 @@ using SmallTile = TileConfig<2, 1, 1, 2>;   // 32 features x 16 tokens: decode, 
 using MediumTile = TileConfig<4, 1, 2, 4>;  // 128 x 32
 using LargeTile = TileConfig<4, 2, 2, 8>;   // 128 x 128: prefill / training shapes
 
-template <class Cfg, bool ALIGNED, typename OutT, bool RAW>
+template <class Cfg, bool ALIGNED, typename OutT>
 cudaError_t run(const int8_t* xq, const float* row_scale, const int8_t* w, const float* w_scale,
-                const float* bias, OutT* y, int32_t* raw, int64_t M, int64_t N, int64_t K,
+                const float* bias, OutT* y, int64_t M, int64_t N, int64_t K,
                 int act, cudaStream_t stream) {
   constexpr int smem = kStages * (Cfg::kOut + Cfg::kTok) * kSlab;
-  auto kernel = int8_gemm_kernel<Cfg, ALIGNED, OutT, RAW>;
+  auto kernel = int8_gemm_kernel<Cfg, ALIGNED, OutT>;
   if (smem > 48 * 1024) {
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -168,27 +164,22 @@ cudaError_t run(const int8_t* xq, const float* row_scale, const int8_t* w, const
   if (grid_y > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>((N + Cfg::kOut - 1) / Cfg::kOut),
                   static_cast<unsigned>(grid_y));
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(xq, row_scale, w, w_scale, bias, y, raw, M, N, K,
-                                                act);
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(xq, row_scale, w, w_scale, bias, y, M, N, K, act);
   return cudaGetLastError();
 }
 
-template <typename OutT, bool RAW>
+template <typename OutT>
 cudaError_t dispatch(const int8_t* xq, const float* row_scale, const int8_t* w,
-                     const float* w_scale, const float* bias, OutT* y, int32_t* raw, int64_t M,
+                     const float* w_scale, const float* bias, OutT* y, int64_t M,
                      int64_t N, int64_t K, int act, cudaStream_t stream) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (K % 16 != 0)  // rows not 16-byte aligned: correct but slower bytewise loads
-    return run<MediumTile, false, OutT, RAW>(xq, row_scale, w, w_scale, bias, y, raw, M, N, K,
-                                             act, stream);
+    return run<MediumTile, false>(xq, row_scale, w, w_scale, bias, y, M, N, K, act, stream);
   if (M <= 32)
-    return run<SmallTile, true, OutT, RAW>(xq, row_scale, w, w_scale, bias, y, raw, M, N, K, act,
-                                           stream);
+    return run<SmallTile, true>(xq, row_scale, w, w_scale, bias, y, M, N, K, act, stream);
   if (M <= 256)
-    return run<MediumTile, true, OutT, RAW>(xq, row_scale, w, w_scale, bias, y, raw, M, N, K,
-                                            act, stream);
-  return run<LargeTile, true, OutT, RAW>(xq, row_scale, w, w_scale, bias, y, raw, M, N, K, act,
-                                         stream);
+    return run<MediumTile, true>(xq, row_scale, w, w_scale, bias, y, M, N, K, act, stream);
+  return run<LargeTile, true>(xq, row_scale, w, w_scale, bias, y, M, N, K, act, stream);
 }
 
 }  // namespace
@@ -198,22 +189,15 @@ cudaError_t launch_int8_gemm(const int8_t* xq, const float* row_scale, const int
                              int64_t M, int64_t N, int64_t K, int act, cudaStream_t stream) {
   switch (out_kind) {
     case 1:
-      return dispatch<__nv_bfloat16, false>(xq, row_scale, w, w_scale, bias,
-                                            static_cast<__nv_bfloat16*>(y), nullptr, M, N, K, act,
-                                            stream);
+      return dispatch(xq, row_scale, w, w_scale, bias, static_cast<__nv_bfloat16*>(y), M, N, K,
+                      act, stream);
     case 2:
-      return dispatch<__half, false>(xq, row_scale, w, w_scale, bias, static_cast<__half*>(y),
-                                     nullptr, M, N, K, act, stream);
+      return dispatch(xq, row_scale, w, w_scale, bias, static_cast<__half*>(y), M, N, K, act,
+                      stream);
     default:
-      return dispatch<float, false>(xq, row_scale, w, w_scale, bias, static_cast<float*>(y),
-                                    nullptr, M, N, K, act, stream);
+      return dispatch(xq, row_scale, w, w_scale, bias, static_cast<float*>(y), M, N, K, act,
+                      stream);
   }
-}
-
-cudaError_t launch_int8_gemm_int32(const int8_t* xq, const int8_t* w, int32_t* acc, int64_t M,
-                                   int64_t N, int64_t K, cudaStream_t stream) {
-  return dispatch<float, true>(xq, nullptr, w, nullptr, nullptr, nullptr, acc, M, N, K, 0,
-                               stream);
 }
 
 }  // namespace scalenn::cuda

@@ -17,9 +17,5 @@ cudaError_t launch_int8_gemm(const int8_t* xq, const float* row_scale, const int
                              const float* w_scale, const float* bias, void* y, int out_kind,
                              int64_t M, int64_t N, int64_t K, int act, cudaStream_t stream);
 
-// The same GEMM without the epilogue: acc [M, N] int32 (the exactness test hook, and the
-// building block torch._int_mm is compared against).
-cudaError_t launch_int8_gemm_int32(const int8_t* xq, const int8_t* w, int32_t* acc, int64_t M,
-                                   int64_t N, int64_t K, cudaStream_t stream);
 
 }  // namespace scalenn::cuda
