@@ -140,7 +140,7 @@ def total_numel(tensors) -> int:
     return sum(t.numel() for t in tensors)
 
 
-def bucket_pack(tensors, scale: float, dtype: torch.dtype, chunk: int = DEFAULT_CHUNK):
+def bucket_pack(tensors, scale: float, dtype: torch.dtype, *, chunk: int = DEFAULT_CHUNK):
     """cat(t.flatten() for t in tensors) * scale as `dtype`, one launch."""
     _check_tensors(tensors, "bucket_pack")
     _check_chunk(chunk)
@@ -153,7 +153,7 @@ def bucket_pack(tensors, scale: float, dtype: torch.dtype, chunk: int = DEFAULT_
     return out
 
 
-def bucket_unpack(buffer, tensors, scale: float, chunk: int = DEFAULT_CHUNK) -> None:
+def bucket_unpack(buffer, tensors, scale: float, *, chunk: int = DEFAULT_CHUNK) -> None:
     """tensors[i].copy_(buffer[segment i] * scale), in place, one launch."""
     _check_tensors(tensors, "bucket_unpack")
     _check_chunk(chunk)
@@ -201,3 +201,21 @@ def bucket_unpack_int8(q, chunk_scales, tensors, scale: float, chunk: int = DEFA
     if n_chunks:
         _unpack_int8_kernel[(n_chunks,)](addr, off, length, tensors[0], q,
                                          chunk_scales.contiguous(), float(scale), CHUNK=chunk)
+
+
+# Launchers named and shaped exactly like the op schemas (csrc/ops.cpp, GPU family), so that
+# scalenn/_ops/gpu_backends.py can register them for CUDA after checking the argument names.
+def bucket_pack_cast(tensors, scale, dtype):
+    return bucket_pack(tensors, scale, dtype)
+
+
+def bucket_unpack_cast(flat, tensors, scale):
+    bucket_unpack(flat, tensors, scale)
+
+
+def bucket_pack_q8(tensors, scale, chunk):
+    return bucket_pack_int8(tensors, scale, chunk)
+
+
+def bucket_unpack_q8(q, chunk_scales, tensors, scale, chunk):
+    bucket_unpack_int8(q, chunk_scales, tensors, scale, chunk)

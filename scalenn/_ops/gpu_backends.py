@@ -28,6 +28,10 @@ _TRITON_OPS = {
     "scalenn::int8_linear": ("int8_linear", "int8_linear"),
     "scalenn::bucket_pack": ("bucket_pack", "bucket_pack"),
     "scalenn::bucket_unpack": ("bucket_pack", "bucket_unpack"),
+    "scalenn::bucket_pack_cast": ("bucket_pack", "bucket_pack_cast"),
+    "scalenn::bucket_unpack_cast": ("bucket_pack", "bucket_unpack_cast"),
+    "scalenn::bucket_pack_q8": ("bucket_pack", "bucket_pack_q8"),
+    "scalenn::bucket_unpack_q8": ("bucket_pack", "bucket_unpack_q8"),
 }
 
 
@@ -120,8 +124,21 @@ def registrable_triton_ops():
     return out
 
 
-_use_source_tree_kernels()
+def _has_compiled_cuda_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
 
-if gpu_backend() == "triton":
-    for _op, (_module, _fn) in registrable_triton_ops().items():
-        torch.library.register_kernel(_op, "cuda", _lazy(_module, _fn))
+
+def _register_triton() -> None:
+    """'triton' backend: every registrable op. 'cuda' backend: Triton fills in only the ops
+    that have no compiled CUDA kernel (an op family added without csrc/cuda code)."""
+    backend = gpu_backend()
+    if backend == "none":
+        return
+    for op, (module_name, fn_name) in registrable_triton_ops().items():
+        if backend == "cuda" and _has_compiled_cuda_kernel(op):
+            continue
+        torch.library.register_kernel(op, "cuda", _lazy(module_name, fn_name))
+
+
+_use_source_tree_kernels()
+_register_triton()
