@@ -48,6 +48,11 @@ TARGETS = {
 }
 
 
+# Where the benchmarks run. Only the CPU smoke test (tests/test_gpu_check.py, --cpu-smoke) sets
+# "cpu", to execute every code path of this script on tiny shapes without a GPU.
+DEV = "cuda"
+
+
 class GpuCheckFailure(SystemExit):
     """Stops the check with a clear message and exit status 2."""
 
@@ -68,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=9, help="timed rounds per variant (median)")
     p.add_argument("--budget-s", type=float, default=280.0,
                    help="wall-clock budget; benchmark sections past it are skipped (recorded)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="test-only: run the benchmark code on the CPU with tiny shapes (no build, "
+                        "no tests, meaningless timings)")
     args = p.parse_args(argv)
     if args.rounds < 3:
         p.error("--rounds must be at least 3 (a median of fewer is noise)")
@@ -221,11 +229,11 @@ class Timer:
         for name, fn in variants.items():  # warm-up (compiles, autotunes) and sizing
             for i in range(3):
                 fn(i)
-            torch.cuda.synchronize()
+            _sync(torch)
             t0 = time.perf_counter()
             for i in range(5):
                 fn(i)
-            torch.cuda.synchronize()
+            _sync(torch)
             per_call = (time.perf_counter() - t0) / 5
             inner[name] = int(min(200, max(3, 2e-3 / max(per_call, 1e-7))))  # ~2 ms per round
         times = {name: [] for name in variants}
@@ -234,8 +242,7 @@ class Timer:
         for r in range(self.rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
+                start, end = _event(torch), _event(torch)
                 start.record()
                 for _ in range(inner[name]):
                     variants[name](counter)
@@ -246,18 +253,40 @@ class Timer:
         return {name: statistics.median(v) for name, v in times.items()}
 
 
-def measure_limits(torch, timer):
-    n = 1 << 29  # 512 MiB: far past L2
-    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+def _sync(torch):
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+class _WallEvent:
+    """CPU stand-in for torch.cuda.Event (smoke test only)."""
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def _event(torch):
+    return torch.cuda.Event(enable_timing=True) if DEV == "cuda" else _WallEvent()
+
+
+def measure_limits(torch, timer, scale=1):
+    n = (1 << 29) // scale  # 512 MiB: far past L2
+    a = torch.empty(n, dtype=torch.uint8, device=DEV).random_()
     b = torch.empty_like(a)
     ms = timer.run({"copy": lambda i: b.copy_(a)})["copy"]
     copy_gbs = 2 * n / (ms * 1e-3) / 1e9
     del a, b
-    s = 8192
-    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
-    y = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
-    qa = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8)
-    qb = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8).t()
+    s = 8192 // scale
+    x = torch.randn(s, s, device=DEV, dtype=torch.bfloat16)
+    y = torch.randn(s, s, device=DEV, dtype=torch.bfloat16)
+    qa = torch.randint(-127, 128, (s, s), device=DEV, dtype=torch.int8)
+    qb = torch.randint(-127, 128, (s, s), device=DEV, dtype=torch.int8).t()
     t = timer.run({"bf16": lambda i: torch.mm(x, y), "int8": lambda i: torch._int_mm(qa, qb)})
     flops = 2 * s ** 3
     return {"copy_GBps": copy_gbs, "bf16_TFLOPs": flops / (t["bf16"] * 1e-3) / 1e12,
@@ -269,11 +298,11 @@ def _int8_variants(torch, S, M, l2):
     from scalenn.kernels import int8_linear as tk
     OP = torch.ops.scalenn
     n_w = copies_for(S * S, l2)
-    w8 = [torch.randint(-127, 128, (S, S), device="cuda", dtype=torch.int8) for _ in range(n_w)]
-    wbf = [torch.randn(S, S, device="cuda", dtype=torch.bfloat16) for _ in range(
+    w8 = [torch.randint(-127, 128, (S, S), device=DEV, dtype=torch.int8) for _ in range(n_w)]
+    wbf = [torch.randn(S, S, device=DEV, dtype=torch.bfloat16) for _ in range(
         copies_for(2 * S * S, l2))]
-    ws = torch.rand(S, device="cuda") / 100
-    xs = [torch.randn(M, S, device="cuda", dtype=torch.bfloat16) for _ in range(
+    ws = torch.rand(S, device=DEV) / 100
+    xs = [torch.randn(M, S, device=DEV, dtype=torch.bfloat16) for _ in range(
         copies_for(2 * M * S, l2, cap=8))]
     v = {}
     if _has_op(torch, "int8_linear"):
@@ -323,7 +352,7 @@ def bench_int8(torch, timer, sizes, ms, l2, deadline):
                     summary["vs_int_mm"] = t["torch._int_mm + q/dq"] / best_scalenn
             rows.append(summary)
             del variants, ok
-            torch.cuda.empty_cache()
+            _empty_cache(torch)
     return rows
 
 
@@ -339,9 +368,9 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
         w_host = prune_2_4(torch.randn(S, S)).to(torch.bfloat16)
         values, meta = pack_sparse24(w_host)
         n = copies_for(S * S * 2, l2)  # dense bf16 bytes per copy
-        dense = [w_host.cuda() for _ in range(n)]
-        vals = [values.cuda() for _ in range(copies_for(values.numel() * 2 + meta.numel() * 4, l2))]
-        metas = [meta.cuda() for _ in range(len(vals))]
+        dense = [w_host.to(DEV) for _ in range(n)]
+        vals = [values.to(DEV) for _ in range(copies_for(values.numel() * 2 + meta.numel() * 4, l2))]
+        metas = [meta.to(DEV) for _ in range(len(vals))]
         try:
             from torch.sparse import to_sparse_semi_structured
             semi = [to_sparse_semi_structured(w) for w in dense[:copies_for(S * S, l2)]]
@@ -351,7 +380,7 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
             if time.time() > deadline:
                 rows.append({"S": S, "M": M, "skipped": "time budget"})
                 continue
-            xs = [torch.randn(M, S, device="cuda", dtype=torch.bfloat16) for _ in range(
+            xs = [torch.randn(M, S, device=DEV, dtype=torch.bfloat16) for _ in range(
                 copies_for(2 * M * S, l2, cap=8))]
             v = {"scalenn 2:4 (mma.sp)": lambda i: OP.mma_sp24_linear(
                      xs[i % len(xs)], vals[i % len(vals)], metas[i % len(metas)], None, None, S,
@@ -382,16 +411,17 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
                 summary["semi_structured_error"] = semi_err
             rows.append(summary)
         del dense, vals, metas, semi
-        torch.cuda.empty_cache()
+        _empty_cache(torch)
     return rows
 
 
-def bench_pack(torch, timer, copy_gbs):
+def bench_pack(torch, timer, copy_gbs, scale=1):
     from scalenn.kernels import bucket_pack as tb
     OP = torch.ops.scalenn
     gen = torch.Generator().manual_seed(0)
-    sizes = torch.randint(1, 1 << 21, (96,), generator=gen).tolist()  # ~100 M elements, 400 MB
-    grads = [torch.randn(s, device="cuda") for s in sizes]
+    # ~100 M elements (400 MB fp32) in 96 tensors of random sizes
+    sizes = torch.randint(1, (1 << 21) // scale, (96 // min(scale, 12),), generator=gen).tolist()
+    grads = [torch.randn(s, device=DEV) for s in sizes]
     total = sum(sizes)
     rows = []
     for dtype, nbytes in ((torch.bfloat16, 2), (torch.float32, 4)):
@@ -409,6 +439,11 @@ def bench_pack(torch, timer, copy_gbs):
     return rows
 
 
+def _empty_cache(torch):
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _has_op(torch, name):
     try:
         getattr(torch.ops.scalenn, name)
@@ -421,10 +456,18 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
-    torch = require_gpu()
+    global DEV
+    if args.cpu_smoke:
+        import torch
+        DEV, scale = "cpu", 4096
+        args.skip_build = args.skip_tests = True
+    else:
+        torch = require_gpu()
+        scale = 1
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (smoke test)",
+              "torch": torch.__version__,
               "cuda": torch.version.cuda, "host": platform.node()}
     if not args.skip_build:
         report["build"] = build_extension(torch)
@@ -437,17 +480,20 @@ def main(argv=None):
     import scalenn  # noqa: F401  (the in-place build)
     report["scalenn"] = {"file": scalenn.__file__, "built_with_cuda":
                          scalenn._C.build_info()["cuda"]}
-    props = torch.cuda.get_device_properties(0)
-    l2 = int(getattr(props, "L2_cache_size", 0) or 60 * 2 ** 20)
+    if DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        l2 = int(getattr(props, "L2_cache_size", 0) or 60 * 2 ** 20)
+    else:
+        l2 = 1 << 16
     report["l2_bytes"] = l2
     torch.manual_seed(0)
     timer = Timer(torch, args.rounds)
     deadline = t_start + args.budget_s
-    report["limits"] = measure_limits(torch, timer)
+    report["limits"] = measure_limits(torch, timer, scale)
     print(f"[gpu_check] limits: {report['limits']}", flush=True)
     report["int8_linear"] = bench_int8(torch, timer, args.sizes, args.ms, l2, deadline)
     report["sparse24"] = bench_sparse24(torch, timer, args.sizes, args.ms, l2, deadline)
-    report["bucket_pack"] = bench_pack(torch, timer, report["limits"]["copy_GBps"])
+    report["bucket_pack"] = bench_pack(torch, timer, report["limits"]["copy_GBps"], scale)
     report["targets"] = check_targets(report)
     report["seconds_total"] = round(time.time() - t_start, 1)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:

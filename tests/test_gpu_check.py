@@ -74,3 +74,18 @@ def test_main_fails_loudly_without_a_gpu(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "gpu_check: FAILED" in err and ("CPU-only" in err or "no CUDA GPU" in err)
+
+
+def test_cpu_smoke_runs_every_benchmark_code_path(tmp_path):
+    # Tiny shapes on the CPU (Triton interpreter, op references): the timings mean nothing, but
+    # every section, the json and the final table are produced by the same code the GPU runs.
+    import json
+    rc = gc.main(["--out", str(tmp_path), "--cpu-smoke", "--sizes", "32", "--ms", "3",
+                  "--rounds", "3"])
+    assert rc == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {"limits", "int8_linear", "sparse24", "bucket_pack", "targets"} <= set(report)
+    variants = {r.get("variant") for r in report["int8_linear"]}
+    assert {"scalenn int8 (triton)", "bf16 F.linear", "summary"} <= variants
+    assert any(r.get("variant") == "scalenn 2:4 (mma.sp)" for r in report["sparse24"])
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# scalenn gpu_check")
