@@ -56,7 +56,8 @@ ChunkTable make_table(const at::TensorList& tensors, int64_t chunk) {
   out.n_chunks = static_cast<int64_t>(addr.size());
   out.total = flat;
   if (out.n_chunks > 0) {
-    at::Tensor host = at::empty({3, out.n_chunks}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    at::Tensor host = at::empty({3, out.n_chunks},
+                                at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* h = host.data_ptr<int64_t>();
     std::copy(addr.begin(), addr.end(), h);
     std::copy(off.begin(), off.end(), h + out.n_chunks);

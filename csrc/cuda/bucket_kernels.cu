@@ -100,7 +100,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   block_amax(amax, bad);
   const bool finite = bad == 0;
-  if (threadIdx.x == 0) chunk_scale[c] = finite ? __fdiv_rn(amax, 127.f) : __int_as_float(0x7fc00000);
+  if (threadIdx.x == 0)
+    chunk_scale[c] = finite ? __fdiv_rn(amax, 127.f) : __int_as_float(0x7fc00000);
   const float inv = (finite && amax > 0.f) ? __fdiv_rn(127.f, amax) : 0.f;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) {  // second pass hits L1/L2
     const float v = __fmul_rn(to_float(src[i]), scale);

@@ -27,8 +27,8 @@ at::Tensor mma_sp24_linear_cuda(const at::Tensor& x, const at::Tensor& values,
   check_contiguous(meta, "mma_sp24_linear: meta");
   const bool is_int8 = values.scalar_type() == at::kChar;
   TORCH_CHECK_TYPE(is_int8 || values.scalar_type() == x.scalar_type(),
-                   "mma_sp24_linear: values must be int8 or x's dtype (", dtype_name(x.scalar_type()),
-                   "), got ", dtype_name(values.scalar_type()));
+                   "mma_sp24_linear: values must be int8 or x's dtype (",
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(values.scalar_type()));
   TORCH_CHECK_TYPE(is_int8 || x.scalar_type() != at::kFloat,
                    "mma_sp24_linear: float32 x needs int8 values (there is no fp32 sparse MMA)");
   const int64_t N = out_features_sym.guard_int(__FILE__, __LINE__);
