@@ -367,6 +367,11 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
             continue
         w_host = prune_2_4(torch.randn(S, S)).to(torch.bfloat16)
         values, meta = pack_sparse24(w_host)
+        # int8 2:4 against scalenn's own dense int8 kernel ("the dense kernel of the same dtype")
+        w8_host = prune_2_4(torch.randint(-127, 128, (S, S), dtype=torch.int8))
+        v8, m8 = (t.to(DEV) for t in pack_sparse24(w8_host))
+        w8 = w8_host.to(DEV)
+        ws = torch.rand(S, device=DEV) / 100
         n = copies_for(S * S * 2, l2)  # dense bf16 bytes per copy
         dense = [w_host.to(DEV) for _ in range(n)]
         vals = [values.to(DEV) for _ in range(copies_for(values.numel() * 2 + meta.numel() * 4, l2))]
@@ -389,6 +394,12 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
             if semi is not None:
                 v["to_sparse_semi_structured"] = lambda i: F.linear(xs[i % len(xs)],
                                                                     semi[i % len(semi)])
+            v["scalenn 2:4 int8"] = lambda i: OP.mma_sp24_linear(xs[i % len(xs)], v8, m8, ws, None,
+                                                                 S, "none")
+            if _has_op(torch, "int8_linear"):
+                packed8 = OP.int8_pack_weight(w8)
+                v["scalenn dense int8"] = lambda i: OP.int8_linear(xs[i % len(xs)], packed8, ws,
+                                                                   None, S, "none")
             ok = {}
             for name, fn in v.items():
                 try:
@@ -407,10 +418,12 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
                     summary["vs_dense"] = t["dense bf16 F.linear"] / mine
                 if "to_sparse_semi_structured" in t:
                     summary["vs_semi_structured"] = t["to_sparse_semi_structured"] / mine
+            if t.get("scalenn 2:4 int8") and t.get("scalenn dense int8"):
+                summary["int8_vs_dense_int8"] = t["scalenn dense int8"] / t["scalenn 2:4 int8"]
             if semi is None:
                 summary["semi_structured_error"] = semi_err
             rows.append(summary)
-        del dense, vals, metas, semi
+        del dense, vals, metas, semi, v8, m8, w8
         _empty_cache(torch)
     return rows
 
@@ -512,16 +525,12 @@ def render(report) -> str:
              f"{lim['bf16_TFLOPs']:.0f} TFLOP/s  int8 {lim['int8_TOPs']:.0f} TOP/s"]
     if "tests" in report:
         parts.append(f"tests: {report['tests']['counts']} (exit {report['tests']['returncode']})")
-    timed = [r for r in report["int8_linear"] if "ms" in r and r["variant"] != "summary"]
-    parts.append("\nint8 W8A8 linear (incl. activation quantization), ms:")
-    parts.append(format_table(_pivot(timed, "ms"), ["S", "M", *sorted({r["variant"] for r in timed})]))
-    summ = [r for r in report["int8_linear"] if r.get("variant") == "summary"]
-    parts.append(format_table(summ, ["S", "M", "vs_bf16", "vs_int_mm"]))
-    timed = [r for r in report["sparse24"] if "ms" in r and r["variant"] != "summary"]
-    parts.append("\n2:4 sparse bf16, ms:")
-    parts.append(format_table(_pivot(timed, "ms"), ["S", "M", *sorted({r["variant"] for r in timed})]))
-    summ = [r for r in report["sparse24"] if r.get("variant") == "summary"]
-    parts.append(format_table(summ, ["S", "M", "vs_dense", "vs_semi_structured"]))
+    parts.append("\nint8 W8A8 linear incl. activation quantization (ms; ratios: baseline time / "
+                 "best scalenn time):")
+    parts.append(_section_table(report["int8_linear"], ["vs_bf16", "vs_int_mm"]))
+    parts.append("\n2:4 sparse (ms; ratios as above):")
+    parts.append(_section_table(report["sparse24"], ["vs_dense", "vs_semi_structured",
+                                                     "int8_vs_dense_int8"]))
     parts.append("\nbucket pack (100 M fp32 elements):")
     parts.append(format_table(report["bucket_pack"], ["variant", "ms", "GBps",
                                                       "fraction_of_copy_bw"]))
@@ -531,12 +540,20 @@ def render(report) -> str:
     return "\n".join(parts)
 
 
-def _pivot(rows, value):
-    out = {}
+def _section_table(rows, ratio_columns):
+    """One line per (S, M): each variant's ms, then the summary ratios."""
+    table, variants = {}, []
     for r in rows:
-        key = (r["S"], r["M"])
-        out.setdefault(key, {"S": r["S"], "M": r["M"]})[r["variant"]] = r[value]
-    return list(out.values())
+        if "M" not in r or "variant" not in r:
+            continue
+        line = table.setdefault((r["S"], r["M"]), {"S": r["S"], "M": r["M"]})
+        if r["variant"] == "summary":
+            line.update({c: r.get(c) for c in ratio_columns})
+        elif "ms" in r:
+            line[r["variant"]] = r["ms"]
+            if r["variant"] not in variants:
+                variants.append(r["variant"])
+    return format_table(list(table.values()), ["S", "M", *variants, *ratio_columns])
 
 
 if __name__ == "__main__":
