@@ -97,8 +97,8 @@ def _function_params(module_name: str, fn_name: str):
     """Positional parameter names of a kernels/ launcher, read from its source without
     importing Triton (the import is deferred to the first CUDA call)."""
     import ast
-    path = os.path.join(os.path.dirname(sys.modules["scalenn.kernels"].__file__),
-                        f"{module_name}.py")
+    kernels_pkg = importlib.import_module("scalenn.kernels")  # kernels/__init__ imports only os
+    path = os.path.join(os.path.dirname(kernels_pkg.__file__), f"{module_name}.py")
     with open(path) as f:
         tree = ast.parse(f.read())
     for node in tree.body:
