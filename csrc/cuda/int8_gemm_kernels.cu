@@ -6,7 +6,7 @@
 // a 16-row M tile on padding. Both operands are row-major with K contiguous, which is exactly the
 // "row.col" form of mma.sync m16n8k32.s8.s8.s32, so no transposes anywhere.
 //
-// Per block: a kOut x kTok output tile; K advances in 64-byte slabs through a 3-stage cp.async
+// Per block: a kOut x kTok output tile; K advances in 64-byte slabs through a 3-8 stage cp.async
 // pipeline in swizzled shared memory; fragments come from ldmatrix.x4; each warp runs MT x NT
 // MMAs per 32-wide K step. The epilogue applies row_scale[m] * w_scale[n] + bias[n] and the
 // activation in float32 and stores y [M, N] directly.
@@ -19,7 +19,6 @@ namespace {
 using namespace detail;
 
 constexpr int kSlab = 64;  // bytes of K per pipeline stage = two m16n8k32 steps
-constexpr int kStages = 3;
 
 __device__ __forceinline__ void mma_s8_m16n8k32(int (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                                 uint32_t b1) {
@@ -58,7 +57,7 @@ __device__ __forceinline__ void load_slab(int8_t* smem, const int8_t* __restrict
   }
 }
 
-template <class Cfg, bool ALIGNED, typename OutT>
+template <class Cfg, int kStages, bool ALIGNED, typename OutT>
 __global__ void __launch_bounds__(Cfg::kThreads)
     int8_gemm_kernel(const int8_t* __restrict__ xq, const float* __restrict__ row_scale,
                      const int8_t* __restrict__ w, const float* __restrict__ w_scale,
@@ -145,16 +144,24 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 }
 
+// Decode-sized M streams the weight: the small tile keeps 8 slabs in flight per block so that
+// enough bytes are outstanding per SM to approach DRAM bandwidth with few warps.
 using SmallTile = TileConfig<2, 1, 1, 2>;   // 32 features x 16 tokens: decode, many blocks
 using MediumTile = TileConfig<4, 1, 2, 4>;  // 128 x 32
 using LargeTile = TileConfig<4, 2, 2, 8>;   // 128 x 128: prefill / training shapes
+
+template <class Cfg>
+constexpr int stages_for() {
+  return Cfg::kTok <= 16 ? 8 : (Cfg::kTok <= 32 ? 4 : 3);
+}
 
 template <class Cfg, bool ALIGNED, typename OutT>
 cudaError_t run(const int8_t* xq, const float* row_scale, const int8_t* w, const float* w_scale,
                 const float* bias, OutT* y, int64_t M, int64_t N, int64_t K,
                 int act, cudaStream_t stream) {
+  constexpr int kStages = stages_for<Cfg>();
   constexpr int smem = kStages * (Cfg::kOut + Cfg::kTok) * kSlab;
-  auto kernel = int8_gemm_kernel<Cfg, ALIGNED, OutT>;
+  auto kernel = int8_gemm_kernel<Cfg, kStages, ALIGNED, OutT>;
   if (smem > 48 * 1024) {
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
