@@ -5,8 +5,8 @@
 // The weight arrives pre-arranged as per-lane register images (values: 16 bytes per lane per
 // instruction; metadata: one 32-bit word per lane), built and unit-tested on the host by
 // scalenn/_ops/sparse24_layout.py. So a warp's A operand for one instruction is one coalesced
-// 512-byte load straight into registers, prefetched one K step ahead; only the activations go
-// through shared memory (3-stage cp.async pipeline, swizzled, ldmatrix.x4), where they are
+// 512-byte load straight into registers, prefetched 2-4 K steps ahead; only the activations go
+// through shared memory (3-8 stage cp.async pipeline, swizzled, ldmatrix.x4), where they are
 // shared by all warps of the block.
 //
 // One K step = 64 bytes of each activation row = one mma.sp per (m16, n8) tile:
@@ -25,7 +25,6 @@ namespace {
 using namespace detail;
 
 constexpr int kSlab = 64;  // activation bytes per K step
-constexpr int kStages = 3;
 // Metadata for padding tiles (rows >= N): positions 0 and 1 in every group (valid, ordered).
 constexpr uint32_t kPadMeta = 0x44444444u;
 
@@ -75,6 +74,17 @@ __device__ __forceinline__ void load_slab(char* smem, const char* __restrict__ g
   }
 }
 
+// Pipeline depths: activation slabs in shared memory (kStages) and weight steps in registers
+// (kAhead). Few tokens = a weight-streaming kernel: keep more weight bytes in flight per warp.
+template <class Cfg>
+constexpr int stages_for() {
+  return Cfg::kTok <= 16 ? 8 : (Cfg::kTok <= 32 ? 4 : 3);
+}
+template <class Cfg>
+constexpr int ahead_for() {
+  return Cfg::kTok <= 32 ? 4 : 2;
+}
+
 template <class Cfg, int KIND, typename OutT>
 __global__ void __launch_bounds__(Cfg::kThreads)
     sparse24_kernel(const uint4* __restrict__ values, const uint32_t* __restrict__ meta,
@@ -83,6 +93,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                     OutT* __restrict__ y, int64_t M, int64_t N, int64_t K, int64_t steps,
                     int act) {
   using Acc = std::conditional_t<KIND == kS8, int, float>;
+  constexpr int kStages = stages_for<Cfg>();
+  constexpr int kAhead = ahead_for<Cfg>();
   extern __shared__ __align__(128) char smem[];
   constexpr int kStageBytes = Cfg::kTok * kSlab;
   const int64_t row_bytes = K * (KIND == kS8 ? 1 : 2);
@@ -122,39 +134,38 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                                           int64_t(s) * kSlab);
     cp_async_commit();
   }
-  uint4 a_cur[Cfg::MT];
-  uint32_t e_cur[Cfg::MT];
-  if (steps > 0) load_a(0, a_cur, e_cur);
-
-  for (int64_t step = 0; step < steps; ++step) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    const int64_t next = step + kStages - 1;
-    if (next < steps)
-      load_slab<Cfg::kTok, Cfg::kThreads>(smem + (next % kStages) * kStageBytes, x, tok0, M,
-                                          row_bytes, next * kSlab);
-    cp_async_commit();
-
-    uint4 a_nxt[Cfg::MT];
-    uint32_t e_nxt[Cfg::MT];
-    if (step + 1 < steps) load_a(step + 1, a_nxt, e_nxt);  // in flight during the MMAs
-
-    const char* sB = smem + (step % kStages) * kStageBytes;
+  // Weight images for steps s .. s + kAhead - 1 live in a register ring; the ring index is a
+  // compile-time constant after unrolling the inner loop, so the ring never touches local memory.
+  uint4 a_buf[kAhead][Cfg::MT];
+  uint32_t e_buf[kAhead][Cfg::MT];
 #pragma unroll
-    for (int nt = 0; nt < Cfg::NT; ++nt) {
-      uint32_t b[4];
-      const int row = (warp_t * Cfg::NT + nt) * 8 + (lane & 7);
-      ldmatrix_x4(b, sB + swizzle64(row, lane >> 3));
+  for (int p = 0; p < kAhead; ++p)
+    if (p < steps) load_a(p, a_buf[p], e_buf[p]);
+
+  for (int64_t s0 = 0; s0 < steps; s0 += kAhead) {
 #pragma unroll
-      for (int mt = 0; mt < Cfg::MT; ++mt)
-        mma_sp(acc[mt][nt], a_cur[mt], b, e_cur[mt], std::integral_constant<int, KIND>());
-    }
-    if (step + 1 < steps) {
+    for (int p = 0; p < kAhead; ++p) {
+      const int64_t step = s0 + p;
+      if (step >= steps) break;  // uniform across the block
+      cp_async_wait<kStages - 2>();
+      __syncthreads();
+      const int64_t next = step + kStages - 1;
+      if (next < steps)
+        load_slab<Cfg::kTok, Cfg::kThreads>(smem + (next % kStages) * kStageBytes, x, tok0, M,
+                                            row_bytes, next * kSlab);
+      cp_async_commit();
+
+      const char* sB = smem + (step % kStages) * kStageBytes;
 #pragma unroll
-      for (int mt = 0; mt < Cfg::MT; ++mt) {
-        a_cur[mt] = a_nxt[mt];
-        e_cur[mt] = e_nxt[mt];
+      for (int nt = 0; nt < Cfg::NT; ++nt) {
+        uint32_t b[4];
+        const int row = (warp_t * Cfg::NT + nt) * 8 + (lane & 7);
+        ldmatrix_x4(b, sB + swizzle64(row, lane >> 3));
+#pragma unroll
+        for (int mt = 0; mt < Cfg::MT; ++mt)
+          mma_sp(acc[mt][nt], a_buf[p][mt], b, e_buf[p][mt], std::integral_constant<int, KIND>());
       }
+      if (step + kAhead < steps) load_a(step + kAhead, a_buf[p], e_buf[p]);
     }
   }
   cp_async_wait<0>();
@@ -186,7 +197,7 @@ template <class Cfg, int KIND, typename OutT>
 cudaError_t run(const void* values, const uint32_t* meta, const void* x, const float* row_scale,
                 const float* w_scale, const float* bias, void* y, int64_t M, int64_t N,
                 int64_t K, int64_t steps, int act, cudaStream_t stream) {
-  constexpr int smem = kStages * Cfg::kTok * kSlab;
+  constexpr int smem = stages_for<Cfg>() * Cfg::kTok * kSlab;
   const int64_t grid_y = (M + Cfg::kTok - 1) / Cfg::kTok;
   if (grid_y > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>((N + Cfg::kOut - 1) / Cfg::kOut),
