@@ -6,6 +6,7 @@ from typing import Tuple
 
 import torch
 
+from . import _C
 from ._ops.gpu_backends import gpu_backend
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -94,6 +95,9 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, o
     the same dtype; int8 weights take float x (quantized per token) and need w_scale [N]."""
     _check_float(x, "sparse24_linear: x")
     _check_device(x, "sparse24_linear")
+    if x.device.type == "cuda" and not _C.build_info()["cuda"]:
+        raise ValueError("sparse24_linear: on CUDA tensors it needs scalenn built with "
+                         "SCALENN_CUDA=1 (mma.sp has no Triton implementation)")
     return torch.ops.scalenn.mma_sp24_linear(x, values, meta, w_scale, bias, out_features,
                                              activation)
 
