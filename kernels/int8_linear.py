@@ -29,7 +29,7 @@ ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}
 # Above this M the activations are quantized by a separate pre-pass (see module docstring).
 FUSED_QUANT_MAX_M = 256
 _GROUP_M = 8
-_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)
 
 
 @triton.jit

@@ -9,9 +9,10 @@ import triton.language as tl
 from . import interpreting
 
 # 1.5 * 2^23: (v + M) - M rounds v to an integer, half to even, for |v| < 2^22, in plain fp32
-# arithmetic on every backend (the interpreter has no rint).
-_ROUND_MAGIC = 12582912.0
-_FLT_MAX = 3.4028234663852886e38
+# arithmetic on every backend (the interpreter has no rint). tl.constexpr: compiled (non-
+# interpreted) kernels may only read globals that are constexpr.
+_ROUND_MAGIC = tl.constexpr(12582912.0)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
