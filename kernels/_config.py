@@ -63,6 +63,20 @@ def gemm_configs(kind: str):
     return list(_FLOAT_SM90 if hopper else _FLOAT_SM80)
 
 
+def prune_by_m(configs, named_args, **kwargs):
+    """Autotune early prune: only tiles whose M extent suits the batch size are timed (decode
+    M <= 32 -> BLOCK_M <= 32; M <= 256 -> 32..128; larger -> >= 64), so a new shape costs 2-3
+    compilations, not the whole list. Falls back to the full list if nothing matches."""
+    m = named_args["M_BUCKET"]
+    if m <= 32:
+        keep = [c for c in configs if c.kwargs["BLOCK_M"] <= 32]
+    elif m <= 256:
+        keep = [c for c in configs if 32 <= c.kwargs["BLOCK_M"] <= 128]
+    else:
+        keep = [c for c in configs if c.kwargs["BLOCK_M"] >= 64]
+    return keep or configs
+
+
 def m_bucket(m: int) -> int:
     """Autotune key for M: the next power of two (capped), so a new batch size re-tunes only
     when it changes the tile choice class, not on every distinct M."""

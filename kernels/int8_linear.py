@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from ._config import gemm_configs, m_bucket
+from ._config import gemm_configs, m_bucket, prune_by_m
 from .quantize import _FLT_MAX, _ROUND_MAGIC, quantize_per_row
 
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}
@@ -67,7 +67,8 @@ def _row_quant_params(x_ptr, offs_m, M, K, stride_xm, BLOCK_M: tl.constexpr,
     return scale, inv, finite
 
 
-@triton.autotune(configs=gemm_configs("int8"), key=["M_BUCKET", "N", "K", "FUSE_QUANT"])
+@triton.autotune(configs=gemm_configs("int8"), key=["M_BUCKET", "N", "K", "FUSE_QUANT"],
+                 prune_configs_by={"early_config_prune": prune_by_m})
 @triton.jit
 def _int8_linear_kernel(x_ptr, q_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, y_ptr,
                         M, N, K, stride_xm, stride_ym, M_BUCKET,
