@@ -51,6 +51,8 @@ def _meta_position(kind, convention, row, group):
     independently of scalenn/_ops/sparse24_layout.py."""
     if convention == "row_chunks":
         return 4 * (row % 8) + group // 4, 4 * (row // 8) + group % 4
+    if convention == "row_halves":  # int8: lane (g, t) = row g + 8*(t%2), groups 8*(t//2)..+7
+        return 4 * (row % 8) + 2 * (group // 8) + row // 8, group % 8
     # "owner" (int8): the lane whose A bytes hold the group; nibble = first byte index / 2
     t = (group % 8) // 2
     reg = (row // 8) + 2 * (group // 8)

@@ -25,7 +25,7 @@ def test_int8_gemm_index_math(cfg, K):
 
 
 @pytest.mark.parametrize("kind,convention", [("f16", "row_chunks"), ("int8", "row_chunks"),
-                                             ("int8", "owner")])
+                                             ("int8", "row_halves"), ("int8", "owner")])
 @pytest.mark.parametrize("cfg", ["small", "medium"])
 def test_sparse24_index_math_with_host_packing(kind, convention, cfg):
     M, N, K = 11, 40, 128

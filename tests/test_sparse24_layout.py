@@ -11,7 +11,8 @@ import torch
 
 from scalenn._ops import sparse24_layout as L
 
-CASES = [("f16", "row_chunks"), ("int8", "row_chunks"), ("int8", "owner")]
+CASES = [("f16", "row_chunks"), ("int8", "row_chunks"), ("int8", "row_halves"),
+         ("int8", "owner")]
 SHAPES = [(16, 32), (16, 64), (37, 100), (5, 4), (64, 192)]
 
 
@@ -74,6 +75,23 @@ def test_f16_metadata_matches_the_openxla_lowering_formula():
                 assert int(meta[tile, step, lane]) & 0xFFFFFFFF == expected
 
 
+def test_int8_row_halves_metadata_matches_the_tilelang_loader_formula():
+    # TileLang (int8 A, 32-bit metadata): E32[row][c] packs the 8 groups of logical columns
+    # [32c, 32c+32) of a row in natural order; lane l loads E32[l//4 + 8*(l%2)][(l%4)//2].
+    N, K = 32, 128
+    w = random_2_4(N, K, "int8")
+    _, meta = L.pack_sparse24(w, "row_halves")
+    _, idx = L.compress_2_4(w)
+    code = (idx[..., 0].long() | (idx[..., 1].long() << 2))  # [N, K/4]
+    e32 = (code.view(N, K // 32, 8) << (torch.arange(8) * 4)).sum(-1)  # [N, K/32]
+    for tile in range(N // 16):
+        for step in range(K // 64):
+            for lane in range(32):
+                row = tile * 16 + lane // 4 + 8 * (lane % 2)
+                col = step * 2 + (lane % 4) // 2
+                assert int(meta[tile, step, lane]) & 0xFFFFFFFF == int(e32[row, col])
+
+
 def test_value_slots_follow_the_ptx_fragment_formulas():
     # f16 (dense m16n8k16 A layout): lane 5 = (g 1, t 1); element 0 -> (row 1, ccol 2),
     # element 3 -> reg 1 half 1 -> (row 9, ccol 3), element 6 -> reg 3 half 0 -> (row 9, ccol 10)
@@ -108,3 +126,5 @@ def test_prune_and_compress():
         L.pack_sparse24(torch.zeros(16, 32, dtype=torch.int8), "diagonal")
     with pytest.raises(ValueError, match="only for int8"):
         L.pack_sparse24(torch.zeros(16, 32, dtype=torch.float16), "owner")
+    with pytest.raises(ValueError, match="only for int8"):
+        L.pack_sparse24(torch.zeros(16, 32, dtype=torch.float16), "row_halves")

@@ -24,12 +24,17 @@ public PTX text gives only as pictures, so it is a named convention here:
   columns [16c, 16c+16) with c = t % chunks (chunks = 2 for f16, 4 for int8); nibble j of a
   half is group 4c + j. For f16 this is what OpenXLA's Triton sparse-dot lowering emits
   (selector 0: lanes t=0,1 are read; t=2,3 carry the same words).
+- "row_halves": (int8 only) lane (g, t) holds one row, g + 8*(t%2), and the 32 logical
+  columns [32h, 32h+32) with h = t//2; nibble q is group 8h + q. This is what TileLang's int8
+  mma.sp lowering loads (32-bit metadata, natural nibble order from its compress()); TileLang's
+  fp16 loader agrees with "row_chunks" above, which supports reading it this way.
 - "owner": (int8 only) lane (g, t) holds the nibbles of the groups its own A bytes come from:
-  nibble q describes row g + 8*((q//2)%2), group 2t + q%2 + 8*(q//4).
+  nibble q describes row g + 8*((q//2)%2), group 2t + q%2 + 8*(q//4) (a third-party emulator's
+  reading).
 
-The default for int8 is "row_chunks" (the same logical-column rule as f16). NOT VERIFIED ON A
-GPU: tests/test_cuda_kernels.py checks both conventions against the hardware and says which one
-matches; the kernel itself does not depend on the choice.
+The default for int8 is "row_halves". NOT VERIFIED ON A GPU: tests/test_cuda_kernels.py runs
+every convention on the hardware and fails, naming the one that matches, if it is not the
+default; the kernel itself does not depend on the choice (it streams whatever words it gets).
 """
 import functools
 
@@ -37,8 +42,8 @@ import torch
 
 KINDS = {"f16": dict(logical=32, compressed=16, per_lane=8),
          "int8": dict(logical=64, compressed=32, per_lane=16)}
-CONVENTIONS = ("row_chunks", "owner")
-DEFAULT_CONVENTION = {"f16": "row_chunks", "int8": "row_chunks"}
+CONVENTIONS = ("row_chunks", "row_halves", "owner")
+DEFAULT_CONVENTION = {"f16": "row_chunks", "int8": "row_halves"}
 
 
 def prune_2_4(w: torch.Tensor) -> torch.Tensor:
@@ -89,9 +94,12 @@ def meta_map(kind: str, convention: str):
         chunks = KINDS[kind]["logical"] // 16
         row = g + 8 * (q // 4)
         group = 4 * (t % chunks) + q % 4
+    elif kind != "int8":
+        raise ValueError(f"the {convention!r} metadata convention exists only for int8")
+    elif convention == "row_halves":
+        row = torch.broadcast_to(g + 8 * (t % 2), (32, 8))
+        group = 8 * (t // 2) + q
     else:
-        if kind != "int8":
-            raise ValueError("the 'owner' metadata convention exists only for int8")
         row = g + 8 * ((q // 2) % 2)
         group = 2 * t + q % 2 + 8 * (q // 4)
     return row.expand(32, -1).contiguous(), group.expand(32, -1).contiguous()
