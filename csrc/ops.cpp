@@ -21,6 +21,22 @@ TORCH_LIBRARY(scalenn, m) {
   m.def("quantize_per_row(Tensor x) -> (Tensor, Tensor)");
   // q [rows, K] int8, scale [rows] float32 -> q * scale[:, None] as `dtype`.
   m.def("dequantize_per_row(Tensor q, Tensor scale, ScalarType dtype) -> Tensor");
+
+  // ---- GPU tensor-core family (issue 6; CUDA kernels in csrc/cuda, CPU = Python reference) ----
+  // y = act(x @ W^T (+ bias)) with a 2:4-sparse W [out_features, K] given as the mma.sp register
+  // images of scalenn/_ops/sparse24_layout.py: values [ceil(N/16), S, 32, 8] fp16/bf16 (x in the
+  // same dtype) or [ceil(N/16), S, 32, 16] int8 (x float, quantized per token; w_scale [N]
+  // float32 required), meta int32 [ceil(N/16), S, 32]. activation: "none" | "relu" | "gelu".
+  m.def("mma_sp24_linear(Tensor x, Tensor values, Tensor meta, Tensor? w_scale, Tensor? bias, "
+        "SymInt out_features, str activation) -> Tensor");
+  // Gradient buckets: cat(t.flatten() for t in tensors) * scale cast to `dtype`, and back.
+  m.def("bucket_pack_cast(Tensor[] tensors, float scale, ScalarType dtype) -> Tensor");
+  m.def("bucket_unpack_cast(Tensor flat, Tensor(a!)[] tensors, float scale) -> ()");
+  // Int8 buckets: chunks of `chunk` elements (never crossing tensors) quantized per chunk with
+  // the quantize_per_row contract -> (q int8 [total], chunk_scales float32 [n_chunks]).
+  m.def("bucket_pack_q8(Tensor[] tensors, float scale, int chunk) -> (Tensor, Tensor)");
+  m.def("bucket_unpack_q8(Tensor q, Tensor chunk_scales, Tensor(a!)[] tensors, float scale, "
+        "int chunk) -> ()");
 }
 
 namespace {

@@ -6,10 +6,13 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
+
 # 1.5 * 2^23: (v + M) - M rounds v to an integer, half to even, for |v| < 2^22, in plain fp32
-# arithmetic on every backend (the interpreter has no rint).
-_ROUND_MAGIC = 12582912.0
-_FLT_MAX = 3.4028234663852886e38
+# arithmetic on every backend (the interpreter has no rint). tl.constexpr: compiled (non-
+# interpreted) kernels may only read globals that are constexpr.
+_ROUND_MAGIC = tl.constexpr(12582912.0)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -66,7 +69,10 @@ def quantize_per_row(x: torch.Tensor):
     q = torch.empty((rows, K), dtype=torch.int8, device=x.device)
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows > 0:
-        _quantize_per_row_kernel[(rows,)](x, q, scale, K, BLOCK=_block(K))
+        # No fp contraction: (x * inv + magic) as one fma would round differently from the
+        # reference's rounded product (the interpreter has no such option and no fma).
+        opts = {} if interpreting() else {"enable_fp_fusion": False}
+        _quantize_per_row_kernel[(rows,)](x, q, scale, K, BLOCK=_block(K), **opts)
     return q, scale
 
 

@@ -6,6 +6,7 @@ from typing import Tuple
 
 import torch
 
+from . import _C
 from ._ops.gpu_backends import gpu_backend
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -73,3 +74,50 @@ def dequantize_per_row(q: torch.Tensor, scale: torch.Tensor,
     y = torch.ops.scalenn.dequantize_per_row(q.reshape(-1, q.shape[-1]),
                                              scale.reshape(-1).contiguous(), dtype)
     return y.reshape(q.shape)
+
+
+# ---- GPU tensor-core family (issue 6): 2:4 sparse tensor-core linear, gradient buckets ----
+
+def sparse24_pack(w: torch.Tensor, convention: str = None):
+    """2:4-sparse weight [N, K] (float16/bfloat16/int8; at most 2 non-zeros in every 4
+    consecutive K elements) -> (values, meta): the per-lane register images that
+    `sparse24_linear` (scalenn::mma_sp24_linear) streams, on w's device. Packing runs on the host
+    once per weight; see scalenn/_ops/sparse24_layout.py for the layout."""
+    from ._ops.sparse24_layout import pack_sparse24
+    values, meta = pack_sparse24(w.detach().cpu(), convention)
+    return values.to(w.device), meta.to(w.device)
+
+
+def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, out_features: int,
+                    w_scale: torch.Tensor = None, bias: torch.Tensor = None,
+                    activation: str = "none") -> torch.Tensor:
+    """act(x @ W^T + bias) for a weight packed by `sparse24_pack`. fp16/bf16 weights take x of
+    the same dtype; int8 weights take float x (quantized per token) and need w_scale [N]."""
+    _check_float(x, "sparse24_linear: x")
+    _check_device(x, "sparse24_linear")
+    if x.device.type == "cuda" and not _C.build_info()["cuda"]:
+        raise ValueError("sparse24_linear: on CUDA tensors it needs scalenn built with "
+                         "SCALENN_CUDA=1 (mma.sp has no Triton implementation)")
+    return torch.ops.scalenn.mma_sp24_linear(x, values, meta, w_scale, bias, out_features,
+                                             activation)
+
+
+def bucket_pack_cast(tensors, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """cat(t.flatten() for t in tensors) * scale as `dtype`, in one kernel on CUDA."""
+    return torch.ops.scalenn.bucket_pack_cast(list(tensors), float(scale), dtype)
+
+
+def bucket_unpack_cast(flat: torch.Tensor, tensors, scale: float) -> None:
+    """tensors[i] <- flat[segment i] * scale, in place."""
+    torch.ops.scalenn.bucket_unpack_cast(flat, list(tensors), float(scale))
+
+
+def bucket_pack_q8(tensors, scale: float = 1.0, chunk: int = 2048):
+    """(q int8 [total], chunk_scales float32): per-chunk symmetric int8 of the scaled tensors."""
+    return torch.ops.scalenn.bucket_pack_q8(list(tensors), float(scale), int(chunk))
+
+
+def bucket_unpack_q8(q: torch.Tensor, chunk_scales: torch.Tensor, tensors, scale: float = 1.0,
+                     chunk: int = 2048) -> None:
+    """tensors[i] <- dequantized segment i * scale, in place."""
+    torch.ops.scalenn.bucket_unpack_q8(q, chunk_scales, list(tensors), float(scale), int(chunk))

@@ -3,17 +3,58 @@
 The compiled CUDA kernels (csrc/cuda) are the default CUDA implementation when the extension
 was built with them; otherwise, or with SCALENN_GPU_BACKEND=triton, the Triton kernels are
 registered here. Triton itself is imported lazily, on the first call on a CUDA tensor.
+
+An entry of `_TRITON_OPS` is registered only if its schema exists (op families are added by
+different people; a missing schema is skipped, not an import error) and only if the schema's
+argument names are exactly the Triton function's parameters, so a schema that changed shape can
+never be served by a launcher with another argument order.
 """
+import importlib
+import importlib.util
+import inspect
 import os
+import sys
 
 import torch
 
 from .. import _C
 
+# op -> (module in scalenn.kernels, function). The function's positional parameters must be the
+# schema's argument names, in order.
 _TRITON_OPS = {
     "scalenn::quantize_per_row": ("quantize", "quantize_per_row"),
     "scalenn::dequantize_per_row": ("quantize", "dequantize_per_row"),
+    "scalenn::int8_pack_weight": ("int8_linear", "int8_pack_weight"),
+    "scalenn::int8_linear": ("int8_linear", "int8_linear"),
+    "scalenn::bucket_pack": ("bucket_pack", "bucket_pack"),
+    "scalenn::bucket_unpack": ("bucket_pack", "bucket_unpack"),
+    "scalenn::bucket_pack_cast": ("bucket_pack", "bucket_pack_cast"),
+    "scalenn::bucket_unpack_cast": ("bucket_pack", "bucket_unpack_cast"),
+    "scalenn::bucket_pack_q8": ("bucket_pack", "bucket_pack_q8"),
+    "scalenn::bucket_unpack_q8": ("bucket_pack", "bucket_unpack_q8"),
 }
+
+
+def _use_source_tree_kernels() -> None:
+    """In a source checkout the Triton kernels live in <repo>/kernels, not in scalenn/kernels
+    (setup.py maps the folder only when installing). Bind `scalenn.kernels` to the folder that
+    sits next to *this* scalenn package, so a worktree, an in-place build or a GPU check run
+    from the repo uses its own kernels rather than those of whichever checkout was installed."""
+    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(pkg_dir, "kernels")):
+        return  # installed layout: scalenn/kernels is a real subpackage
+    src = os.path.join(os.path.dirname(pkg_dir), "kernels", "__init__.py")
+    if not os.path.exists(src):
+        return
+    current = sys.modules.get("scalenn.kernels")
+    if current is not None and os.path.abspath(current.__file__) == src:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "scalenn.kernels", src, submodule_search_locations=[os.path.dirname(src)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scalenn.kernels"] = module
+    spec.loader.exec_module(module)
+    setattr(sys.modules["scalenn"], "kernels", module)
 
 
 def gpu_backend() -> str:
@@ -31,19 +72,73 @@ def gpu_backend() -> str:
 
 
 def _triton_installed() -> bool:
-    import importlib.util
     return importlib.util.find_spec("triton") is not None
 
 
 def _lazy(module_name: str, fn_name: str):
     def call(*args, **kwargs):
-        import importlib
         module = importlib.import_module(f"scalenn.kernels.{module_name}")
         return getattr(module, fn_name)(*args, **kwargs)
     call.__name__ = f"triton_{fn_name}"
     return call
 
 
-if gpu_backend() == "triton":
-    for _op, (_module, _fn) in _TRITON_OPS.items():
-        torch.library.register_kernel(_op, "cuda", _lazy(_module, _fn))
+def _schema_args(op: str):
+    """Argument names of a registered schema, or None when the op is not defined (yet)."""
+    namespace, name = op.split("::")
+    try:
+        packet = getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return None
+    return [a.name for a in packet.default._schema.arguments]
+
+
+def _function_params(module_name: str, fn_name: str):
+    """Positional parameter names of a kernels/ launcher, read from its source without
+    importing Triton (the import is deferred to the first CUDA call)."""
+    import ast
+    kernels_pkg = importlib.import_module("scalenn.kernels")  # kernels/__init__ imports only os
+    path = os.path.join(os.path.dirname(kernels_pkg.__file__), f"{module_name}.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == fn_name:
+            return [a.arg for a in node.args.posonlyargs + node.args.args]
+    raise LookupError(f"kernels/{module_name}.py has no function {fn_name}")
+
+
+def registrable_triton_ops():
+    """op -> (module, fn) for the entries whose schema exists and matches the launcher."""
+    out = {}
+    for op, (module_name, fn_name) in _TRITON_OPS.items():
+        args = _schema_args(op)
+        if args is None:
+            continue
+        params = _function_params(module_name, fn_name)
+        if args != params:
+            import warnings
+            warnings.warn(f"scalenn: not registering Triton {module_name}.{fn_name} for {op}: "
+                          f"schema arguments {args} != launcher parameters {params}")
+            continue
+        out[op] = (module_name, fn_name)
+    return out
+
+
+def _has_compiled_cuda_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+
+
+def _register_triton() -> None:
+    """'triton' backend: every registrable op. 'cuda' backend: Triton fills in only the ops
+    that have no compiled CUDA kernel (an op family added without csrc/cuda code)."""
+    backend = gpu_backend()
+    if backend == "none":
+        return
+    for op, (module_name, fn_name) in registrable_triton_ops().items():
+        if backend == "cuda" and _has_compiled_cuda_kernel(op):
+            continue
+        torch.library.register_kernel(op, "cuda", _lazy(module_name, fn_name))
+
+
+_use_source_tree_kernels()
+_register_triton()
