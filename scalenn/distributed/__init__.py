@@ -1,0 +1,7 @@
+"""Data-parallel training on torch.distributed with a fused, bucketed, optionally compressed
+gradient all-reduce (FusedAllReduce) and the same compression as a DDP comm hook."""
+from .comm_hook import CompressedHookState, compressed_hook
+from .fused_allreduce import FusedAllReduce
+from .wire import CollectiveError
+
+__all__ = ["FusedAllReduce", "compressed_hook", "CompressedHookState", "CollectiveError"]

@@ -1,0 +1,202 @@
+"""Wire formats of one bucket: how its gradients are packed, which collectives carry them, and
+how the result is unpacked. One class per compression; all share the flat layout
+
+    [gradients back to back | one "used" flag per parameter | padding]
+
+The flags (1.0 where this rank produced a gradient for that parameter in this step, else 0.0)
+travel in the same collective as the gradients, so learning which parameters were used on any
+rank costs no extra round trip. They are exact on every wire (1.0 and small sums of it are
+representable in bf16/fp16, and the int8 path quantizes them in chunks of their own).
+
+Collectives are started asynchronously (`launch`), optionally continued (`middle`, used by the
+two-phase int8 exchange) and finished (`finish`) in bucket order on every rank, so ranks always
+issue the same collectives in the same order.
+"""
+import datetime
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from .. import ops
+
+COMPRESSIONS = (None, "bf16", "fp16", "int8")
+WIRE_DTYPE = {None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out (a peer rank died, stopped, or ran different code)."""
+
+
+# torch >= 2.12 names it all_gather_single; older releases all_gather_into_tensor.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def wait_work(work, timeout: datetime.timedelta, what: str, rank: int) -> None:
+    try:
+        ok = work.wait(timeout)
+    except Exception as exc:  # gloo/NCCL raise RuntimeError/DistBackendError with their detail
+        raise CollectiveError(
+            f"scalenn.distributed: {what} failed on rank {rank} (a peer rank may have died, "
+            f"stopped, or be running a different model/step; timeout {timeout.total_seconds():g}s)"
+            f": {exc}") from exc
+    if ok is False:
+        raise CollectiveError(f"scalenn.distributed: {what} did not finish on rank {rank} within "
+                              f"{timeout.total_seconds():g}s (a peer rank may have stopped)")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class FloatWire:
+    """Uncompressed (float32) or cast (bf16/fp16) all-reduce of one flat buffer.
+
+    The gradients are multiplied by 1/world_size while packing (so fp16 cannot overflow on the
+    sum and the result is the mean), and the backend sums in the wire dtype (gloo and NCCL sum
+    bf16/fp16 natively; with 2 ranks that is a single rounding)."""
+
+    def __init__(self, numel: int, nflags: int, compression, group, world: int, device):
+        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
+        self.dtype = WIRE_DTYPE[compression]
+        self.flat = torch.zeros(numel + nflags, dtype=self.dtype, device=device)
+        self.work = None
+
+    # -- the result after finish(): gradients (wire dtype) and flag sums --
+    @property
+    def reduced(self) -> torch.Tensor:
+        return self.flat[:self.numel]
+
+    def flag_sums(self) -> torch.Tensor:
+        return self.flat[self.numel:].float()
+
+    def payload_bytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
+
+    def sent_bytes(self) -> int:
+        # ring all-reduce: every rank sends 2 (W-1)/W of the buffer
+        return int(2 * (self.world - 1) / self.world * self.payload_bytes())
+
+    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
+               in_place: bool = False) -> None:
+        if in_place:  # grads already live in self.flat (gradient-as-bucket-view mode)
+            self.flat[:self.numel].mul_(1.0 / self.world)
+        else:
+            ops.bucket_pack(grads, self.flat, 1.0 / self.world)
+        if flags is not None:
+            self.flat[self.numel:].copy_(flags)
+        self.work = dist.all_reduce(self.flat, group=self.group, async_op=True)
+
+    def middle(self, timeout, rank: int, what: str) -> None:
+        pass
+
+    def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
+        work, self.work = self.work, None
+        wait_work(work, timeout, what, rank)
+        self.finish_local(grads)
+
+    def finish_local(self, grads: Optional[List[torch.Tensor]]) -> None:
+        """After the collective completed: write the mean into `grads` (if given)."""
+        if grads:
+            ops.bucket_unpack(self.flat, grads, 1.0)
+
+
+class Int8Wire:
+    """Int8 with per-chunk scales and error feedback, as a reduce-scatter + all-gather.
+
+    int8 cannot be summed by an all-reduce, so:
+      1. quantize v = grad / W + residual into records (C int8 values + a float32 scale per
+         chunk); residual = what quantization lost (error feedback, added to the next step);
+      2. all_to_all_single: rank r receives every rank's records for its shard r;
+      3. dequantize and sum the shard in float32, requantize it (with a second, per-shard
+         residual when error feedback is on);
+      4. all_gather the requantized shards; every rank dequantizes the same records, so all
+         ranks end with identical gradients.
+    Wire bytes: ~ (C + 4) / C bytes per value and phase, vs 4 (fp32) or 2 (bf16).
+    """
+
+    def __init__(self, numel: int, nflags: int, group, world: int, device, chunk: int,
+                 error_feedback: bool):
+        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
+        self.C, self.error_feedback = chunk, error_feedback
+        grad_chunks = _ceil_div(numel, chunk)
+        self.flag_offset = grad_chunks * chunk  # flags start a chunk of their own
+        flag_chunks = _ceil_div(nflags, chunk)
+        self.nchunks = _ceil_div(grad_chunks + flag_chunks, world) * world
+        self.shard_chunks = self.nchunks // world
+        C, N, S = chunk, self.nchunks, self.shard_chunks
+        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
+        self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.recv = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.shard_sum = torch.empty(S * C, dtype=torch.float32, device=device)
+        self.shard_residual = torch.zeros(S * C, dtype=torch.float32, device=device)
+        self.shard_records = torch.empty(S, C + 4, dtype=torch.uint8, device=device)
+        self.gathered = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.out = torch.empty(N * C, dtype=torch.float32, device=device)
+        self.work = None
+
+    @property
+    def reduced(self) -> torch.Tensor:
+        return self.out[:self.numel]
+
+    def flag_sums(self) -> torch.Tensor:
+        return self.out[self.flag_offset:self.flag_offset + self.nflags]
+
+    def payload_bytes(self) -> int:
+        return self.send.numel() + self.gathered.numel()
+
+    def sent_bytes(self) -> int:
+        # all_to_all and all_gather: every rank sends (W-1)/W of the full record array, twice
+        return int(2 * (self.world - 1) / self.world * self.send.numel())
+
+    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
+               in_place: bool = False) -> None:
+        if not self.error_feedback:
+            self.residual.zero_()
+        if self.nflags:
+            # Flags are set, not accumulated: they carry no error feedback.
+            region = self.residual[self.flag_offset:]
+            region.zero_()
+            if flags is not None:
+                region[:self.nflags].copy_(flags)
+        ops.bucket_quantize_int8(grads, self.residual, self.send, 1.0 / self.world)
+        self.work = dist.all_to_all_single(self.recv, self.send, group=self.group, async_op=True)
+
+    def middle(self, timeout, rank: int, what: str) -> None:
+        work, self.work = self.work, None
+        wait_work(work, timeout, what + " (int8 reduce-scatter phase)", rank)
+        self.reduce_shard_and_gather()
+
+    def reduce_shard_and_gather(self) -> None:
+        """After the all_to_all completed: sum this rank's shard in fp32, requantize it and start
+        the all_gather (self.work)."""
+        S, C = self.shard_chunks, self.C
+        ops.bucket_dequantize_sum(self.recv.view(self.world, S, C + 4), self.shard_sum)
+        if not self.error_feedback:
+            self.shard_residual.zero_()
+        ops.bucket_quantize_int8([self.shard_sum], self.shard_residual, self.shard_records, 1.0)
+        self.work = _all_gather_single(self.gathered, self.shard_records, group=self.group,
+                                           async_op=True)
+
+    def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
+        work, self.work = self.work, None
+        wait_work(work, timeout, what + " (int8 all-gather phase)", rank)
+        self.finish_local(grads)
+
+    def finish_local(self, grads: Optional[List[torch.Tensor]]) -> None:
+        ops.bucket_dequantize_sum(self.gathered.view(1, self.nchunks, self.C + 4), self.out)
+        if grads:
+            ops.bucket_unpack(self.out, grads, 1.0)
+
+
+def make_wire(numel: int, nflags: int, compression, group, world: int, device, chunk: int,
+              error_feedback: bool):
+    if compression == "int8":
+        return Int8Wire(numel, nflags, group, world, device, chunk, error_feedback)
+    return FloatWire(numel, nflags, compression, group, world, device)
+
+
+def check_compression(compression) -> None:
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of None, 'bf16', 'fp16', 'int8', got "
+                         f"{compression!r}")
