@@ -2,6 +2,7 @@
 WORLD OUTDIR`. Uses gloo over loopback only (GLOO_SOCKET_IFNAME=lo, a file store in OUTDIR).
 Writes OUTDIR/rank<R>.json: {"ok": bool, "error": traceback or "", "report": {...}}. Checks run
 inside the worker against references computed with plain torch.distributed collectives."""
+import copy
 import datetime
 import json
 import os
@@ -202,10 +203,9 @@ def scenario_ddp_hook(rank, world, report):
     loss_fn = nn.CrossEntropyLoss()
     for compression in (None, "bf16", "fp16", "int8"):
         torch.manual_seed(0)
-        base = nn.Sequential(nn.Linear(256, 384), nn.ReLU(), nn.Linear(384, 64), nn.ReLU(),
-                             nn.Linear(64, 10))
-        ref = nn.Sequential(*[m.__class__.__new__(m.__class__) for m in base])  # placeholder
-        ref = __import__("copy").deepcopy(base)
+        base = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256), nn.ReLU(),
+                             nn.Linear(256, 10))  # > DDP's 1 MiB first bucket: several buckets
+        ref = copy.deepcopy(base)
         ddp = DDP(base, bucket_cap_mb=0.1)
         state = CompressedHookState(compression=compression, int8_chunk=256)
         ddp.register_comm_hook(state, compressed_hook)
@@ -232,28 +232,29 @@ def scenario_ddp_hook(rank, world, report):
             report["ddp_int8_rel_error_max"] = max(errs)
             assert max(errs) < 0.05, errs
         report[f"ddp_{compression}_buckets"] = len(state.wires)
+        assert len(state.wires) >= 2, "the test wants several DDP buckets"
         report[f"ddp_{compression}_sent_bytes_per_rank"] = state.sent_bytes_per_rank
         # DDP reset: its hook state is per model
         del ddp
 
 
-def train_run(rank, world, compression, steps=200):
+def train_run(rank, world, compression, steps=200, error_feedback=True):
     """A small MLP on a fixed synthetic 10-class problem; returns the final full-data loss."""
     g = torch.Generator().manual_seed(1234)
     centers = torch.randn(10, 32, generator=g) * 1.5
     labels = torch.randint(0, 10, (4096,), generator=g)
-    data = centers[labels] + torch.randn(4096, 32, generator=g)
+    data = centers[labels] + 2.5 * torch.randn(4096, 32, generator=g)  # overlapping classes
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
                           nn.Linear(128, 10))
     sync = FusedAllReduce(model, bucket_mb=0.02, first_bucket_mb=0.005, compression=compression,
-                          timeout=60, int8_chunk=256)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+                          timeout=60, int8_chunk=256, error_feedback=error_feedback)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     loss_fn = nn.CrossEntropyLoss()
     shard = torch.arange(rank, 4096, world)
     bg = torch.Generator().manual_seed(99 + rank)
     for step in range(steps):
-        idx = shard[torch.randint(0, shard.numel(), (32,), generator=bg)]
+        idx = shard[torch.randint(0, shard.numel(), (128,), generator=bg)]
         opt.zero_grad()
         loss_fn(model(data[idx]), labels[idx]).backward()
         sync.wait()
@@ -266,6 +267,7 @@ def train_run(rank, world, compression, steps=200):
 
 def scenario_train(rank, world, report):
     losses = {str(c): train_run(rank, world, c) for c in (None, "bf16", "int8")}
+    losses["int8 without error feedback"] = train_run(rank, world, "int8", error_feedback=False)
     report["final_loss"] = losses
     base = losses["None"]
     for c in ("bf16", "int8"):

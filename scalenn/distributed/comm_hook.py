@@ -7,7 +7,10 @@ DDP hands the hook one flat gradient bucket at a time (bucket.buffer()); the hoo
 the scalenn kernels (scale by 1/world_size and cast or quantize in one pass), runs the
 collective(s) asynchronously and returns a future that resolves to the averaged bucket. Unlike
 torch's bf16 hook this works on CPU/gloo; int8 keeps an error-feedback residual per DDP bucket
-index (reset when DDP rebuilds its buckets and a bucket's size changes).
+index (reset when DDP rebuilds its buckets and a bucket's size changes). Every scheme is ONE
+collective per bucket issued from the hook itself (int8: all_gather of every rank's records,
+summed locally in fp32), never one issued from a future's callback, whose order relative to the
+next bucket's collective could differ between ranks.
 """
 from typing import Dict, Optional
 
@@ -39,12 +42,13 @@ class CompressedHookState:
         if wire is None or wire.numel != buffer.numel():
             world = dist.get_world_size(self.process_group)
             wire = make_wire(buffer.numel(), 0, self.compression, self.process_group, world,
-                             buffer.device, self.int8_chunk, self.error_feedback)
+                             buffer.device, self.int8_chunk, self.error_feedback,
+                             int8_single_collective=True)
             self.wires[index] = wire
         return wire
 
 
-def compressed_hook(state: CompressedHookState, bucket) -> torch.futures.Future:
+def compressed_hook(state: CompressedHookState, bucket) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: mean of the bucket over ranks, compressed as `state.compression` says."""
     if not isinstance(state, CompressedHookState):
         raise TypeError(f"compressed_hook needs a scalenn.distributed.CompressedHookState as its "
@@ -59,18 +63,8 @@ def compressed_hook(state: CompressedHookState, bucket) -> torch.futures.Future:
     wire.launch([buffer], None)
     first, wire.work = wire.work, None
 
-    if state.compression != "int8":
-        def unpack(fut):
-            fut.value()  # re-raises a failed collective
-            wire.finish_local([buffer])
-            return buffer
-        return first.get_future().then(unpack)
-
-    def second_phase(fut):
-        fut.value()
-        wire.reduce_shard_and_gather()
-        gather, wire.work = wire.work, None
-        gather.wait()  # inside the callback, as torch's PowerSGD hook does
+    def unpack(fut):
+        fut.value()  # re-raises a failed collective
         wire.finish_local([buffer])
         return buffer
-    return first.get_future().then(second_phase)
+    return first.get_future().then(unpack)

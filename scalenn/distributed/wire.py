@@ -151,6 +151,10 @@ class Int8Wire:
 
     def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
                in_place: bool = False) -> None:
+        self._quantize(grads, flags)
+        self.work = dist.all_to_all_single(self.recv, self.send, group=self.group, async_op=True)
+
+    def _quantize(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor]) -> None:
         if not self.error_feedback:
             self.residual.zero_()
         if self.nflags:
@@ -160,7 +164,6 @@ class Int8Wire:
             if flags is not None:
                 region[:self.nflags].copy_(flags)
         ops.bucket_quantize_int8(grads, self.residual, self.send, 1.0 / self.world)
-        self.work = dist.all_to_all_single(self.recv, self.send, group=self.group, async_op=True)
 
     def middle(self, timeout, rank: int, what: str) -> None:
         work, self.work = self.work, None
@@ -189,8 +192,63 @@ class Int8Wire:
             ops.bucket_unpack(self.out, grads, 1.0)
 
 
+class Int8GatherWire:
+    """Int8 with per-chunk scales and error feedback in ONE collective: every rank all-gathers
+    every rank's records and sums them in fp32 locally (the same records in the same order on
+    every rank, so all ranks agree bit for bit).
+
+    Used by the DDP comm hook: DDP's futures run callbacks on backend threads, and a second
+    collective issued from a callback can interleave differently with the next bucket's on
+    different ranks (a deadlock), so the hook needs a single-collective scheme. Bytes sent per
+    rank: (W - 1) x records, the same as the two-phase scheme at W = 2, growing with W."""
+
+    def __init__(self, numel: int, nflags: int, group, world: int, device, chunk: int,
+                 error_feedback: bool):
+        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
+        self.C, self.error_feedback = chunk, error_feedback
+        grad_chunks = _ceil_div(numel, chunk)
+        self.flag_offset = grad_chunks * chunk
+        self.nchunks = grad_chunks + _ceil_div(nflags, chunk)
+        C, N = chunk, self.nchunks
+        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
+        self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.gathered = torch.empty(world * N, C + 4, dtype=torch.uint8, device=device)
+        self.out = torch.empty(N * C, dtype=torch.float32, device=device)
+        self.work = None
+
+    reduced = Int8Wire.reduced
+    flag_sums = Int8Wire.flag_sums
+
+    def payload_bytes(self) -> int:
+        return self.send.numel() + self.gathered.numel()
+
+    def sent_bytes(self) -> int:
+        return (self.world - 1) * self.send.numel()
+
+    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
+               in_place: bool = False) -> None:
+        Int8Wire._quantize(self, grads, flags)
+        self.work = _all_gather_single(self.gathered, self.send, group=self.group, async_op=True)
+
+    def middle(self, timeout, rank: int, what: str) -> None:
+        pass
+
+    def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
+        work, self.work = self.work, None
+        wait_work(work, timeout, what + " (int8 all-gather)", rank)
+        self.finish_local(grads)
+
+    def finish_local(self, grads: Optional[List[torch.Tensor]]) -> None:
+        ops.bucket_dequantize_sum(self.gathered.view(self.world, self.nchunks, self.C + 4),
+                                  self.out)
+        if grads:
+            ops.bucket_unpack(self.out, grads, 1.0)
+
+
 def make_wire(numel: int, nflags: int, compression, group, world: int, device, chunk: int,
-              error_feedback: bool):
+              error_feedback: bool, int8_single_collective: bool = False):
+    if compression == "int8" and int8_single_collective:
+        return Int8GatherWire(numel, nflags, group, world, device, chunk, error_feedback)
     if compression == "int8":
         return Int8Wire(numel, nflags, group, world, device, chunk, error_feedback)
     return FloatWire(numel, nflags, compression, group, world, device)
