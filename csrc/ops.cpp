@@ -42,6 +42,14 @@ TORCH_LIBRARY(scalenn, m) {
   // bucket_dequantize_sum: records uint8 [W, N, C+4] (W record arrays, e.g. one per rank) ->
   //   out float32 [N*C] = sum over w in order 0..W-1 of q_w * s_w (fp32, starting from +0).
   m.def("bucket_dequantize_sum(Tensor records, Tensor(a!) out) -> ()");
+  // bucket_unpack_int8: records uint8 [W, N, C+4] -> grads[i] = flat[o_i:o_i+n_i] cast to
+  //   grads[i].dtype, flat = bucket_dequantize_sum(records) (fused with bucket_unpack, scale 1;
+  //   W = 1: plain dequantization).
+  m.def("bucket_unpack_int8(Tensor records, Tensor(a!)[] grads) -> ()");
+  // bucket_requantize_int8: records uint8 [W, N, C+4], residual float32 [N*C], out uint8
+  //   [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
+  //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
+  m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
 }
 
 namespace {

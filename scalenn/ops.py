@@ -113,3 +113,17 @@ def bucket_quantize_int8(grads, residual: torch.Tensor, records: torch.Tensor,
 def bucket_dequantize_sum(records: torch.Tensor, out: torch.Tensor) -> None:
     """out = sum over records.shape[0] record arrays of q * s, in float32."""
     torch.ops.scalenn.bucket_dequantize_sum(records, out)
+
+
+def bucket_unpack_int8(records: torch.Tensor, grads) -> None:
+    """grads[i][...] = the sum of the dequantized values of records' W arrays ([W, N, C + 4]),
+    fused dequantize(-and-sum) + unpack."""
+    _check_bucket_grads(grads, "bucket_unpack_int8")
+    torch.ops.scalenn.bucket_unpack_int8(records, list(grads))
+
+
+def bucket_requantize_int8(records: torch.Tensor, residual: torch.Tensor,
+                           out: torch.Tensor) -> None:
+    """out = int8 records of (sum over records.shape[0] arrays of q * s) + residual; residual
+    becomes what that quantization lost (the reduce-scatter step, one pass)."""
+    torch.ops.scalenn.bucket_requantize_int8(records, residual, out)

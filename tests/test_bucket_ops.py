@@ -202,3 +202,62 @@ def test_torch_compile_fullgraph():
     flat, outs = torch.empty(22), [torch.empty(5, 3), torch.empty(7)]
     compiled(grads, flat, outs)
     assert all(torch.equal(a, b) for a, b in zip(grads, outs))
+
+
+def _random_records(W, N, C, magnitude=1.0):
+    records = torch.empty(W, N, C + 4, dtype=torch.uint8)
+    for w in range(W):
+        residual = torch.zeros(N * C)
+        ops.bucket_quantize_int8([torch.randn(N * C) * magnitude * (w + 1)], residual, records[w],
+                                 1.0)
+    return records
+
+
+@pytest.mark.parametrize("W", [1, 2, 3])
+@pytest.mark.parametrize("C", [16, 40, 1024])
+@pytest.mark.parametrize("sizes", [[0], [1], [7, 0, 16, 17], [33, 5, 1000, 3]],
+                         ids=lambda s: f"n{sum(s)}x{len(s)}")
+def test_unpack_int8_matches_reference_exactly(isa, W, C, sizes):
+    N = -(-max(1, sum(sizes)) // C) + 1
+    records = _random_records(W, N, C)
+    records[0, 0, C:] = torch.tensor([float("nan")]).view(torch.uint8)  # a poisoned chunk
+    grads = [torch.empty(n, dtype=DTYPES[i % 3]) for i, n in enumerate(sizes)]
+    ref = [torch.empty_like(g) for g in grads]
+    ops.bucket_unpack_int8(records, grads)
+    from scalenn._ops.bucket import bucket_unpack_int8_reference
+    bucket_unpack_int8_reference(records, ref)
+    assert all(equal_with_nan(a.float(), b.float()) for a, b in zip(grads, ref))
+
+
+@pytest.mark.parametrize("W", [1, 2, 4])
+@pytest.mark.parametrize("C", [16, 33, 256])
+def test_requantize_int8_matches_reference_exactly(isa, W, C):
+    from scalenn._ops.bucket import bucket_requantize_int8_reference
+    N = 9
+    records = _random_records(W, N, C, magnitude=1e-2)
+    records[W - 1, 3, C:] = torch.tensor([float("inf")]).view(torch.uint8)  # poisons chunk 3
+    residual = torch.randn(N * C) * 1e-4
+    out = torch.empty(N, C + 4, dtype=torch.uint8)
+    r_ref, out_ref = residual.clone(), out.clone()
+    for _ in range(2):
+        ops.bucket_requantize_int8(records, residual, out)
+        bucket_requantize_int8_reference(records, r_ref, out_ref)
+        assert torch.equal(out, out_ref) and torch.equal(residual, r_ref)
+    _, s = records_split(out)
+    assert torch.isnan(s[3]) and torch.isfinite(s[[0, 1, 2, 4, 5, 6, 7, 8]]).all()
+
+
+def test_int8_fused_ops_opcheck_and_errors():
+    records = _random_records(2, 3, 16)
+    torch.library.opcheck(torch.ops.scalenn.bucket_unpack_int8.default,
+                          (records, [torch.empty(20), torch.empty(7).bfloat16()]))
+    torch.library.opcheck(torch.ops.scalenn.bucket_requantize_int8.default,
+                          (records, torch.zeros(48), torch.empty(3, 20, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match="exceed the 3 chunks of 16"):
+        torch.ops.scalenn.bucket_unpack_int8(records, [torch.empty(49)])
+    with pytest.raises(ValueError, match=r"out must have shape \[3, 20\]"):
+        torch.ops.scalenn.bucket_requantize_int8(records, torch.zeros(48),
+                                                 torch.empty(2, 20, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="must be 3-D"):
+        torch.ops.scalenn.bucket_requantize_int8(records[0], torch.zeros(48),
+                                                 torch.empty(3, 20, dtype=torch.uint8))

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace scalenn::cpu {
 namespace {
@@ -287,6 +288,36 @@ SCALENN_TARGET_AVX2 void dequantize_sum_chunk_avx2(const uint8_t* first, int64_t
   }
 }
 
+void dequantize_sum_chunk(CpuIsa isa, const uint8_t* first, int64_t W, int64_t stride, int64_t C,
+                          float* out) {
+  switch (isa) {
+    case CpuIsa::avx512: dequantize_sum_chunk_avx512(first, W, stride, C, out); break;
+    case CpuIsa::avx2: dequantize_sum_chunk_avx2(first, W, stride, C, out); break;
+    default: dequantize_sum_chunk_scalar(first, W, stride, C, out);
+  }
+}
+
+void scale_accumulate(CpuIsa isa, FloatKind sk, const void* src, float* r, int64_t n,
+                      float scale) {
+  switch (isa) {
+    case CpuIsa::avx512: scale_accumulate_avx512(sk, src, r, n, scale); break;
+    case CpuIsa::avx2: scale_accumulate_avx2(sk, src, r, n, scale); break;
+    default: scale_accumulate_scalar(sk, src, r, n, scale);
+  }
+}
+
+// Quantizes v (held in r) into record `rec`; r becomes the residual.
+void quantize_chunk_to_record(CpuIsa isa, float* r, uint8_t* rec, int64_t C) {
+  int8_t* q = reinterpret_cast<int8_t*>(rec);
+  float s;
+  switch (isa) {
+    case CpuIsa::avx512: quantize_chunk_avx512(r, q, &s, C); break;
+    case CpuIsa::avx2: quantize_chunk_avx2(r, q, &s, C); break;
+    default: quantize_chunk_scalar(r, q, &s, C);
+  }
+  std::memcpy(rec + C, &s, sizeof(float));
+}
+
 }  // namespace
 
 void bucket_pack_range(CpuIsa isa, const BucketSegment* segs, int64_t nseg, FloatKind flat_kind,
@@ -319,36 +350,45 @@ void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t 
     for_each_piece(segs, nseg, c * C, (c + 1) * C, [&](const BucketSegment& s, int64_t in_seg,
                                                        int64_t at, int64_t n) {
       const char* src = static_cast<const char*>(s.data) + in_seg * elem_size(s.kind);
-      float* dst = residual + at;
-      switch (isa) {
-        case CpuIsa::avx512: scale_accumulate_avx512(s.kind, src, dst, n, scale); break;
-        case CpuIsa::avx2: scale_accumulate_avx2(s.kind, src, dst, n, scale); break;
-        default: scale_accumulate_scalar(s.kind, src, dst, n, scale);
-      }
+      scale_accumulate(isa, s.kind, src, residual + at, n, scale);
     });
-    uint8_t* rec = records + c * (C + 4);
-    int8_t* q = reinterpret_cast<int8_t*>(rec);
-    float s;
-    switch (isa) {
-      case CpuIsa::avx512: quantize_chunk_avx512(r, q, &s, C); break;
-      case CpuIsa::avx2: quantize_chunk_avx2(r, q, &s, C); break;
-      default: quantize_chunk_scalar(r, q, &s, C);
-    }
-    std::memcpy(rec + C, &s, sizeof(float));
+    quantize_chunk_to_record(isa, r, records + c * (C + 4), C);
+  }
+}
+
+void bucket_unpack_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t nseg,
+                               const uint8_t* records, int64_t W, int64_t nchunks, int64_t C,
+                               int64_t chunk_begin, int64_t chunk_end) {
+  std::vector<float> chunk(C);  // one chunk of dequantized values, hot in L1
+  const int64_t stride = nchunks * (C + 4);
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    dequantize_sum_chunk(isa, records + c * (C + 4), W, stride, C, chunk.data());
+    for_each_piece(segs, nseg, c * C, (c + 1) * C, [&](const BucketSegment& s, int64_t in_seg,
+                                                       int64_t at, int64_t n) {
+      char* dst = static_cast<char*>(s.data) + in_seg * elem_size(s.kind);
+      scale_convert(isa, FloatKind::f32, chunk.data() + (at - c * C), s.kind, dst, n, 1.0f);
+    });
+  }
+}
+
+void bucket_requantize_int8_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
+                                   int64_t C, float* residual, uint8_t* out, int64_t chunk_begin,
+                                   int64_t chunk_end) {
+  std::vector<float> sum(C);
+  const int64_t stride = nchunks * (C + 4);
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    float* r = residual + c * C;
+    dequantize_sum_chunk(isa, records + c * (C + 4), W, stride, C, sum.data());
+    scale_accumulate(isa, FloatKind::f32, sum.data(), r, C, 1.0f);  // v = sum * 1 + residual
+    quantize_chunk_to_record(isa, r, out + c * (C + 4), C);
   }
 }
 
 void bucket_dequantize_sum_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
                                   int64_t C, float* out, int64_t chunk_begin, int64_t chunk_end) {
   const int64_t rec_bytes = C + 4, stride = nchunks * rec_bytes;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    const uint8_t* first = records + c * rec_bytes;
-    switch (isa) {
-      case CpuIsa::avx512: dequantize_sum_chunk_avx512(first, W, stride, C, out + c * C); break;
-      case CpuIsa::avx2: dequantize_sum_chunk_avx2(first, W, stride, C, out + c * C); break;
-      default: dequantize_sum_chunk_scalar(first, W, stride, C, out + c * C);
-    }
-  }
+  for (int64_t c = chunk_begin; c < chunk_end; ++c)
+    dequantize_sum_chunk(isa, records + c * rec_bytes, W, stride, C, out + c * C);
 }
 
 }  // namespace scalenn::cpu

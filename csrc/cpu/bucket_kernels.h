@@ -15,6 +15,9 @@
 //              Output is one record per chunk: C int8 values, then s as 4 little-endian bytes.
 //   dequantize_sum: out[c*C + j] = sum over w = 0..W-1 (in that order, starting from +0.0f) of
 //              float(q_w[c][j]) * s_w[c], for W record arrays stored back to back.
+//   unpack_int8: grad[j] = cast_to_grad_dtype(dequantize_sum of W record arrays at off + j).
+//   requantize: quantize (as above, with scale 1) v = dequantize_sum(W arrays) + residual:
+//              the reduce-scatter step of the int8 all-reduce without an fp32 intermediate.
 #pragma once
 
 #include <cstdint>
@@ -46,5 +49,15 @@ void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t 
 // records: W arrays of nchunks records (C + 4 bytes each); out: nchunks * C floats.
 void bucket_dequantize_sum_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
                                   int64_t C, float* out, int64_t chunk_begin, int64_t chunk_end);
+
+// W record arrays of nchunks records, summed -> the segments (flat index c*C + j of chunk c).
+void bucket_unpack_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t nseg,
+                               const uint8_t* records, int64_t W, int64_t nchunks, int64_t C,
+                               int64_t chunk_begin, int64_t chunk_end);
+
+// records: W arrays of nchunks records; residual nchunks * C floats; out nchunks records.
+void bucket_requantize_int8_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
+                                   int64_t C, float* residual, uint8_t* out, int64_t chunk_begin,
+                                   int64_t chunk_end);
 
 }  // namespace scalenn::cpu

@@ -137,9 +137,56 @@ void bucket_dequantize_sum_cpu(const at::Tensor& records, const at::Tensor& out)
   });
 }
 
+void bucket_unpack_int8_cpu(const at::Tensor& records, at::TensorList grads) {
+  const char* op = "bucket_unpack_int8";
+  auto segs = segments_of(grads, records, op);
+  const int64_t C = chunk_of(records, 2, op);
+  const int64_t W = records.size(0), nchunks = records.size(1);
+  TORCH_CHECK_VALUE(total_numel(segs) <= nchunks * C, op, ": the gradients' ", total_numel(segs),
+                    " elements exceed the ", nchunks, " chunks of ", C, " in records");
+  const CpuIsa isa = current_isa();
+  const uint8_t* qp = records.data_ptr<uint8_t>();
+  // only the chunks that hold gradient values (the rest: flags/padding, read elsewhere)
+  const int64_t used = (total_numel(segs) + C - 1) / C;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, C * W));
+  at::parallel_for(0, used, grain, [&](int64_t b, int64_t e) {
+    bucket_unpack_int8_chunks(isa, segs.data(), static_cast<int64_t>(segs.size()), qp, W,
+                              nchunks, C, b, e);
+  });
+}
+
+void bucket_requantize_int8_cpu(const at::Tensor& records, const at::Tensor& residual,
+                                const at::Tensor& out) {
+  const char* op = "bucket_requantize_int8";
+  const int64_t C = chunk_of(records, 2, op);
+  const int64_t W = records.size(0), nchunks = records.size(1);
+  check_dtype(out, at::kByte, "bucket_requantize_int8: out");
+  check_contiguous(out, "bucket_requantize_int8: out");
+  TORCH_CHECK_VALUE(out.dim() == 2 && out.size(0) == nchunks && out.size(1) == C + 4, op,
+                    ": out must have shape [", nchunks, ", ", C + 4, "] (one record per chunk), "
+                    "got ", out.sizes());
+  check_dtype(residual, at::kFloat, "bucket_requantize_int8: residual");
+  check_dim(residual, 1, "bucket_requantize_int8: residual");
+  check_contiguous(residual, "bucket_requantize_int8: residual");
+  TORCH_CHECK_VALUE(residual.numel() == nchunks * C, op, ": residual must have records.size(1) "
+                    "* C = ", nchunks * C, " elements, got ", residual.numel());
+  check_same_device(records, out, "bucket_requantize_int8: records", "out");
+  check_same_device(records, residual, "bucket_requantize_int8: records", "residual");
+  const CpuIsa isa = current_isa();
+  const uint8_t* qp = records.data_ptr<uint8_t>();
+  float* rp = residual.data_ptr<float>();
+  uint8_t* outp = out.data_ptr<uint8_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, C * W));
+  at::parallel_for(0, nchunks, grain, [&](int64_t b, int64_t e) {
+    bucket_requantize_int8_chunks(isa, qp, W, nchunks, C, rp, outp, b, e);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(scalenn, CPU, m) {
+  m.impl("bucket_unpack_int8", &bucket_unpack_int8_cpu);
+  m.impl("bucket_requantize_int8", &bucket_requantize_int8_cpu);
   m.impl("bucket_pack", &bucket_pack_cpu);
   m.impl("bucket_unpack", &bucket_unpack_cpu);
   m.impl("bucket_quantize_int8", &bucket_quantize_int8_cpu);

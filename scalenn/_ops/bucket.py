@@ -82,6 +82,19 @@ def bucket_dequantize_sum_reference(records: torch.Tensor, out: torch.Tensor) ->
     out.copy_(acc.reshape(-1))
 
 
+def bucket_unpack_int8_reference(records: torch.Tensor, grads: List[torch.Tensor]) -> None:
+    out = torch.empty(records.shape[1] * (records.shape[2] - 4))
+    bucket_dequantize_sum_reference(records, out)
+    bucket_unpack_reference(out, grads, 1.0)
+
+
+def bucket_requantize_int8_reference(records: torch.Tensor, residual: torch.Tensor,
+                                     out: torch.Tensor) -> None:
+    total = torch.empty(records.shape[1] * (records.shape[2] - 4))
+    bucket_dequantize_sum_reference(records, total)
+    bucket_quantize_int8_reference([total], residual, out, 1.0)
+
+
 @torch.library.register_fake("scalenn::bucket_pack")
 def _bucket_pack_fake(grads, flat, scale):
     return None
@@ -99,4 +112,14 @@ def _bucket_quantize_int8_fake(grads, residual, records, scale):
 
 @torch.library.register_fake("scalenn::bucket_dequantize_sum")
 def _bucket_dequantize_sum_fake(records, out):
+    return None
+
+
+@torch.library.register_fake("scalenn::bucket_unpack_int8")
+def _bucket_unpack_int8_fake(records, grads):
+    return None
+
+
+@torch.library.register_fake("scalenn::bucket_requantize_int8")
+def _bucket_requantize_int8_fake(records, residual, out):
     return None
