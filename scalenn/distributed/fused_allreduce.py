@@ -345,7 +345,7 @@ class FusedAllReduce:
                 tmp = torch.empty(p.shape, dtype=p.grad.dtype, device=p.device)
                 targets.append(tmp)
                 copies.append((p.grad, tmp))
-        ops.bucket_unpack(b.wire.reduced, targets, 1.0)
+        b.wire.finish_local(targets)
         for dst, src in copies:
             dst.copy_(src)
 
@@ -376,8 +376,7 @@ class FusedAllReduce:
         if not self._synced_once:
             raise RuntimeError("found_inf is known only after a wait()")
         if self._found_inf is None:
-            self._found_inf = any(not bool(torch.isfinite(b.wire.reduced).all())
-                                  for b in self.buckets)
+            self._found_inf = any(b.wire.has_nonfinite() for b in self.buckets)
         return self._found_inf
 
     @contextlib.contextmanager

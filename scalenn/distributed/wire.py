@@ -62,10 +62,9 @@ class FloatWire:
         self.flat = torch.zeros(numel + nflags, dtype=self.dtype, device=device)
         self.work = None
 
-    # -- the result after finish(): gradients (wire dtype) and flag sums --
-    @property
-    def reduced(self) -> torch.Tensor:
-        return self.flat[:self.numel]
+    # -- the result after finish(): flag sums, non-finite check --
+    def has_nonfinite(self) -> bool:
+        return not bool(torch.isfinite(self.flat[:self.numel]).all())
 
     def flag_sums(self) -> torch.Tensor:
         return self.flat[self.numel:].float()
@@ -101,58 +100,15 @@ class FloatWire:
             ops.bucket_unpack(self.flat, grads, 1.0)
 
 
-class Int8Wire:
-    """Int8 with per-chunk scales and error feedback, as a reduce-scatter + all-gather.
+class _Int8Records:
+    """Shared pieces of the int8 wires: chunked layout, error-feedback quantization into
+    records, flags and non-finite detection read straight from records."""
 
-    int8 cannot be summed by an all-reduce, so:
-      1. quantize v = grad / W + residual into records (C int8 values + a float32 scale per
-         chunk); residual = what quantization lost (error feedback, added to the next step);
-      2. all_to_all_single: rank r receives every rank's records for its shard r;
-      3. dequantize and sum the shard in float32, requantize it (with a second, per-shard
-         residual when error feedback is on);
-      4. all_gather the requantized shards; every rank dequantizes the same records, so all
-         ranks end with identical gradients.
-    Wire bytes: ~ (C + 4) / C bytes per value and phase, vs 4 (fp32) or 2 (bf16).
-    """
-
-    def __init__(self, numel: int, nflags: int, group, world: int, device, chunk: int,
-                 error_feedback: bool):
-        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
-        self.C, self.error_feedback = chunk, error_feedback
+    def _layout(self, numel: int, nflags: int, chunk: int, multiple: int) -> None:
         grad_chunks = _ceil_div(numel, chunk)
         self.flag_offset = grad_chunks * chunk  # flags start a chunk of their own
-        flag_chunks = _ceil_div(nflags, chunk)
-        self.nchunks = _ceil_div(grad_chunks + flag_chunks, world) * world
-        self.shard_chunks = self.nchunks // world
-        C, N, S = chunk, self.nchunks, self.shard_chunks
-        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
-        self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
-        self.recv = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
-        self.shard_sum = torch.empty(S * C, dtype=torch.float32, device=device)
-        self.shard_residual = torch.zeros(S * C, dtype=torch.float32, device=device)
-        self.shard_records = torch.empty(S, C + 4, dtype=torch.uint8, device=device)
-        self.gathered = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
-        self.out = torch.empty(N * C, dtype=torch.float32, device=device)
-        self.work = None
-
-    @property
-    def reduced(self) -> torch.Tensor:
-        return self.out[:self.numel]
-
-    def flag_sums(self) -> torch.Tensor:
-        return self.out[self.flag_offset:self.flag_offset + self.nflags]
-
-    def payload_bytes(self) -> int:
-        return self.send.numel() + self.gathered.numel()
-
-    def sent_bytes(self) -> int:
-        # all_to_all and all_gather: every rank sends (W-1)/W of the full record array, twice
-        return int(2 * (self.world - 1) / self.world * self.send.numel())
-
-    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
-               in_place: bool = False) -> None:
-        self._quantize(grads, flags)
-        self.work = dist.all_to_all_single(self.recv, self.send, group=self.group, async_op=True)
+        self.flag_chunks = _ceil_div(nflags, chunk)
+        self.nchunks = _ceil_div(grad_chunks + self.flag_chunks, multiple) * multiple
 
     def _quantize(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor]) -> None:
         if not self.error_feedback:
@@ -165,21 +121,84 @@ class Int8Wire:
                 region[:self.nflags].copy_(flags)
         ops.bucket_quantize_int8(grads, self.residual, self.send, 1.0 / self.world)
 
+    def _result_records(self) -> torch.Tensor:
+        """[W', N, C + 4]: the record arrays whose sum is the averaged bucket."""
+        raise NotImplementedError
+
+    def flag_sums(self) -> torch.Tensor:
+        records = self._result_records()
+        first = self.flag_offset // self.C
+        part = records[:, first:first + self.flag_chunks]
+        out = torch.empty(self.flag_chunks * self.C, dtype=torch.float32,
+                          device=records.device)
+        ops.bucket_dequantize_sum(part.contiguous(), out)
+        return out[:self.nflags]
+
+    def has_nonfinite(self) -> bool:
+        # q is a finite int8 and |s| <= FLT_MAX / 127, so a dequantized value is NaN/Inf exactly
+        # when its chunk's scale is (the kernels poison a chunk's scale with NaN).
+        scales = self._result_records()[..., -4:].contiguous().view(torch.float32)
+        return not bool(torch.isfinite(scales).all())
+
+
+class Int8Wire(_Int8Records):
+    """Int8 with per-chunk scales and error feedback, as a reduce-scatter + all-gather.
+
+    int8 cannot be summed by an all-reduce, so:
+      1. quantize v = grad / W + residual into records (C int8 values + a float32 scale per
+         chunk); residual = what quantization lost (error feedback, added to the next step);
+      2. all_to_all_single: rank r receives every rank's records for its shard r;
+      3. dequantize, sum in float32 and requantize the shard in one kernel (with a second,
+         per-shard residual when error feedback is on);
+      4. all_gather the requantized shards (into the send buffer, free by then); every rank
+         dequantizes the same records straight into .grad, so all ranks agree bit for bit.
+    Wire bytes: (C + 4) / C bytes per value and phase, vs 4 (fp32) or 2 (bf16). Memory: the
+    residuals (1 + 1/W fp32 copies, the state of error feedback) and 2 int8 copies.
+    """
+
+    def __init__(self, numel: int, nflags: int, group, world: int, device, chunk: int,
+                 error_feedback: bool):
+        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
+        self.C, self.error_feedback = chunk, error_feedback
+        self._layout(numel, nflags, chunk, world)
+        self.shard_chunks = self.nchunks // world
+        C, N, S = chunk, self.nchunks, self.shard_chunks
+        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
+        self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.recv = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
+        self.shard_residual = torch.zeros(S * C, dtype=torch.float32, device=device)
+        self.shard_records = torch.empty(S, C + 4, dtype=torch.uint8, device=device)
+        self.work = None
+
+    def _result_records(self) -> torch.Tensor:
+        return self.send.view(1, self.nchunks, self.C + 4)  # all_gather lands in send
+
+    def payload_bytes(self) -> int:
+        return 2 * self.send.numel()
+
+    def sent_bytes(self) -> int:
+        # all_to_all and all_gather: every rank sends (W-1)/W of the full record array, twice
+        return int(2 * (self.world - 1) / self.world * self.send.numel())
+
+    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
+               in_place: bool = False) -> None:
+        self._quantize(grads, flags)
+        self.work = dist.all_to_all_single(self.recv, self.send, group=self.group, async_op=True)
+
     def middle(self, timeout, rank: int, what: str) -> None:
         work, self.work = self.work, None
         wait_work(work, timeout, what + " (int8 reduce-scatter phase)", rank)
         self.reduce_shard_and_gather()
 
     def reduce_shard_and_gather(self) -> None:
-        """After the all_to_all completed: sum this rank's shard in fp32, requantize it and start
-        the all_gather (self.work)."""
-        S, C = self.shard_chunks, self.C
-        ops.bucket_dequantize_sum(self.recv.view(self.world, S, C + 4), self.shard_sum)
+        """After the all_to_all completed: sum this rank's shard in fp32 and requantize it (one
+        kernel), then start the all_gather (self.work)."""
         if not self.error_feedback:
             self.shard_residual.zero_()
-        ops.bucket_quantize_int8([self.shard_sum], self.shard_residual, self.shard_records, 1.0)
-        self.work = _all_gather_single(self.gathered, self.shard_records, group=self.group,
-                                           async_op=True)
+        ops.bucket_requantize_int8(self.recv.view(self.world, self.shard_chunks, self.C + 4),
+                                   self.shard_residual, self.shard_records)
+        self.work = _all_gather_single(self.send, self.shard_records, group=self.group,
+                                       async_op=True)
 
     def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
         work, self.work = self.work, None
@@ -187,15 +206,14 @@ class Int8Wire:
         self.finish_local(grads)
 
     def finish_local(self, grads: Optional[List[torch.Tensor]]) -> None:
-        ops.bucket_dequantize_sum(self.gathered.view(1, self.nchunks, self.C + 4), self.out)
         if grads:
-            ops.bucket_unpack(self.out, grads, 1.0)
+            ops.bucket_unpack_int8(self._result_records(), grads)
 
 
-class Int8GatherWire:
+class Int8GatherWire(_Int8Records):
     """Int8 with per-chunk scales and error feedback in ONE collective: every rank all-gathers
-    every rank's records and sums them in fp32 locally (the same records in the same order on
-    every rank, so all ranks agree bit for bit).
+    every rank's records and sums them in fp32 locally, straight into the gradients (the same
+    records in the same order on every rank, so all ranks agree bit for bit).
 
     Used by the DDP comm hook: DDP's futures run callbacks on backend threads, and a second
     collective issued from a callback can interleave differently with the next bucket's on
@@ -206,18 +224,15 @@ class Int8GatherWire:
                  error_feedback: bool):
         self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
         self.C, self.error_feedback = chunk, error_feedback
-        grad_chunks = _ceil_div(numel, chunk)
-        self.flag_offset = grad_chunks * chunk
-        self.nchunks = grad_chunks + _ceil_div(nflags, chunk)
+        self._layout(numel, nflags, chunk, 1)
         C, N = chunk, self.nchunks
         self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
         self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
         self.gathered = torch.empty(world * N, C + 4, dtype=torch.uint8, device=device)
-        self.out = torch.empty(N * C, dtype=torch.float32, device=device)
         self.work = None
 
-    reduced = Int8Wire.reduced
-    flag_sums = Int8Wire.flag_sums
+    def _result_records(self) -> torch.Tensor:
+        return self.gathered.view(self.world, self.nchunks, self.C + 4)
 
     def payload_bytes(self) -> int:
         return self.send.numel() + self.gathered.numel()
@@ -227,7 +242,7 @@ class Int8GatherWire:
 
     def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
                in_place: bool = False) -> None:
-        Int8Wire._quantize(self, grads, flags)
+        self._quantize(grads, flags)
         self.work = _all_gather_single(self.gathered, self.send, group=self.group, async_op=True)
 
     def middle(self, timeout, rank: int, what: str) -> None:
@@ -239,10 +254,8 @@ class Int8GatherWire:
         self.finish_local(grads)
 
     def finish_local(self, grads: Optional[List[torch.Tensor]]) -> None:
-        ops.bucket_dequantize_sum(self.gathered.view(self.world, self.nchunks, self.C + 4),
-                                  self.out)
         if grads:
-            ops.bucket_unpack(self.out, grads, 1.0)
+            ops.bucket_unpack_int8(self._result_records(), grads)
 
 
 def make_wire(numel: int, nflags: int, compression, group, world: int, device, chunk: int,
