@@ -106,3 +106,27 @@ def test_stopped_rank_makes_the_other_raise_after_timeout(tmp_path):
     assert res is not None and res["ok"], (res or {}).get("error", outputs[0][-3000:])
     assert "bucket 0 failed" in res["report"]["error"]
     assert res["report"]["timeout"] - 0.5 <= res["report"]["seconds"] <= res["report"]["timeout"] + 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_example_runs_under_torchrun(tmp_path):
+    """examples/train_ddp.py as a user runs it: torchrun --standalone --nproc_per_node=2."""
+    from scalenn.data import fashion_mnist_available
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun is not next to this python")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2",
+                           os.path.join(ROOT, "examples", "train_ddp.py"), "--limit", "4000",
+                           "--compression", "int8", "--timeout", "60"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "world 2, compression int8" in out and "test accuracy" in out
+    assert out.count("test accuracy") == 1  # rank 0 only
+    acc = float(out.split("test accuracy ")[1].split()[0])
+    assert acc > 0.6, out[-2000:]
