@@ -88,11 +88,13 @@ def part_a(rounds, quick):
     syncs = {}
     variants = {"per-tensor all_reduce": run_per_tensor, "all_reduce_coalesced": run_coalesced,
                 "one flat buffer (floor)": run_flat}
-    for label, comp in (("scalenn", None), ("scalenn bf16", "bf16"), ("scalenn int8", "int8")):
+    for label, comp, view in (("scalenn", None, False), ("scalenn bucket view", None, True),
+                              ("scalenn bf16", "bf16", False), ("scalenn int8", "int8", False)):
         module = ShapesModule(shapes)
         for p in module.parameters():
             p.grad = torch.randn(p.shape)
-        sync = FusedAllReduce(module, compression=comp, timeout=600, broadcast_parameters=False)
+        sync = FusedAllReduce(module, compression=comp, timeout=600, broadcast_parameters=False,
+                              grad_as_bucket_view=view)
         n = len(sync.params)
 
         def run(sync=sync, n=n):
@@ -112,7 +114,7 @@ def part_a(rounds, quick):
     extra = {}
     for label, sync in syncs.items():
         sent[label] = sync.last_bytes["sent_bytes_per_rank"]
-        extra[label] = _buffer_bytes(sync)
+        extra[label] = _buffer_bytes(sync) - (nbytes if label == "scalenn bucket view" else 0)
     return times, sent, extra, {"tensors": len(shapes), "MB": nbytes / 1e6}
 
 
