@@ -94,34 +94,74 @@ void scale_convert(CpuIsa isa, FloatKind sk, const void* src, FloatKind dk, void
   }
 }
 
-// ---------------- r[j] = float(src[j]) * scale + r[j] ----------------
-void scale_accumulate_scalar(FloatKind sk, const void* src, float* r, int64_t n, float scale) {
+// ---------------- r[j] = float(src[j]) * scale + r[j], tracking max |r[j]| ----------------
+// The running max of |v| is taken in the same pass that builds v, so quantizing a chunk needs
+// one more pass, not two. max is exact and order-free, so every ISA gets the same amax.
+struct AbsMax {
+  float amax = 0.0f;
+  bool nonfinite = false;
+};
+
+void scale_accumulate_scalar(FloatKind sk, const void* src, float* r, int64_t n, float scale,
+                             AbsMax* m) {
   for (int64_t j = 0; j < n; ++j) {
     float p = load_scalar(sk, src, j) * scale;
-    r[j] = p + r[j];
+    float v = p + r[j];
+    r[j] = v;
+    float a = std::fabs(v);
+    m->nonfinite |= !(a <= FLT_MAX);
+    m->amax = a > m->amax ? a : m->amax;
   }
 }
 
 SCALENN_TARGET_AVX512 void scale_accumulate_avx512(FloatKind sk, const void* src, float* r,
-                                                   int64_t n, float scale) {
-  const __m512 s = _mm512_set1_ps(scale);
-  for (int64_t j = 0; j < n; j += 16) {
-    __mmask16 m = tail_mask16(n - j);
-    __m512 p = _mm512_mul_ps(load16(sk, src, j, m), s);
-    _mm512_mask_storeu_ps(r + j, m, _mm512_add_ps(p, _mm512_maskz_loadu_ps(m, r + j)));
+                                                   int64_t n, float scale, AbsMax* m) {
+  const __m512 s = _mm512_set1_ps(scale), fmax = _mm512_set1_ps(FLT_MAX);
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {  // full vectors unmasked; masked ops cost more on Zen
+    __m512 p = _mm512_mul_ps(load16(sk, src, j, 0xffff), s);
+    __m512 v = _mm512_add_ps(p, _mm512_loadu_ps(r + j));
+    _mm512_storeu_ps(r + j, v);
+    __m512 a = _mm512_abs_ps(v);
+    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
+    vmax = _mm512_max_ps(vmax, a);
   }
+  if (j < n) {
+    __mmask16 k = tail_mask16(n - j);
+    __m512 p = _mm512_mul_ps(load16(sk, src, j, k), s);
+    __m512 v = _mm512_add_ps(p, _mm512_maskz_loadu_ps(k, r + j));  // masked-off lanes: 0
+    _mm512_mask_storeu_ps(r + j, k, v);
+    __m512 a = _mm512_abs_ps(v);
+    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
+    vmax = _mm512_max_ps(vmax, a);
+  }
+  float amax = _mm512_reduce_max_ps(vmax);  // meaningless if bad, and then unused
+  m->nonfinite |= bad != 0;
+  m->amax = amax > m->amax ? amax : m->amax;
 }
 
 SCALENN_TARGET_AVX2 void scale_accumulate_avx2(FloatKind sk, const void* src, float* r,
-                                               int64_t n, float scale) {
-  const __m256 s = _mm256_set1_ps(scale);
+                                               int64_t n, float scale, AbsMax* m) {
+  const __m256 s = _mm256_set1_ps(scale), sign = _mm256_set1_ps(-0.0f);
+  const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 p = _mm256_mul_ps(load8(sk, src, j), s);
-    _mm256_storeu_ps(r + j, _mm256_add_ps(p, _mm256_loadu_ps(r + j)));
+    __m256 v = _mm256_add_ps(p, _mm256_loadu_ps(r + j));
+    _mm256_storeu_ps(r + j, v);
+    __m256 a = _mm256_andnot_ps(sign, v);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+    vmax = _mm256_max_ps(vmax, a);
   }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  for (float v : lanes) m->amax = v > m->amax ? v : m->amax;
+  m->nonfinite |= _mm256_movemask_ps(bad) != 0;
   scale_accumulate_scalar(sk, static_cast<const char*>(src) + j * elem_size(sk), r + j, n - j,
-                          scale);
+                          scale, m);
 }
 
 // ---------------- one chunk: quantize v (held in r) and leave the residual in r ----------------
@@ -142,15 +182,19 @@ inline void write_poisoned(float* r, int8_t* q, int64_t C) {
   std::memset(r, 0, C * sizeof(float));
 }
 
-void quantize_chunk_scalar(float* r, int8_t* q, float* scale_out, int64_t C) {
-  float amax = 0.0f;
-  bool nonfinite = false;
+// max |r| over a chunk (when the pass that built it did not cover all of it)
+AbsMax chunk_absmax(float* r, int64_t C) {
+  AbsMax m;
   for (int64_t j = 0; j < C; ++j) {
     float a = std::fabs(r[j]);
-    nonfinite |= !(a <= FLT_MAX);
-    amax = a > amax ? a : amax;
+    m.nonfinite |= !(a <= FLT_MAX);
+    m.amax = a > m.amax ? a : m.amax;
   }
-  ChunkScale s = chunk_scale(amax, nonfinite);
+  return m;
+}
+
+void quantize_chunk_scalar(float* r, int8_t* q, float* scale_out, int64_t C, AbsMax m) {
+  ChunkScale s = chunk_scale(m.amax, m.nonfinite);
   *scale_out = s.scale;
   if (!s.finite) return write_poisoned(r, q, C);
   for (int64_t j = 0; j < C; ++j) {
@@ -163,56 +207,39 @@ void quantize_chunk_scalar(float* r, int8_t* q, float* scale_out, int64_t C) {
 }
 
 SCALENN_TARGET_AVX512 void quantize_chunk_avx512(float* r, int8_t* q, float* scale_out,
-                                                 int64_t C) {
-  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
-  __m512 vmax = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  for (int64_t j = 0; j < C; j += 16) {
-    __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask16(C - j), r + j));
-    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
-    vmax = _mm512_max_ps(vmax, a);
-  }
-  ChunkScale s = chunk_scale(_mm512_reduce_max_ps(vmax), bad != 0);
+                                                 int64_t C, AbsMax m) {
+  ChunkScale s = chunk_scale(m.amax, m.nonfinite);
   *scale_out = s.scale;
   if (!s.finite) return write_poisoned(r, q, C);
   const __m512 inv = _mm512_set1_ps(s.inv), sv = _mm512_set1_ps(s.scale);
-  for (int64_t j = 0; j < C; j += 16) {
-    __mmask16 m = tail_mask16(C - j);
-    __m512 v = _mm512_maskz_loadu_ps(m, r + j);
+  int64_t j = 0;
+  for (; j + 16 <= C; j += 16) {
+    __m512 v = _mm512_loadu_ps(r + j);
     __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));  // MXCSR: round half to even
     // |v * inv| <= 127 (+ rounding) so saturation never changes a value; narrow in registers
     // (the memory form of vpmovsdb is microcoded on Zen).
-    __m128i i8 = _mm512_cvtsepi32_epi8(i32);
-    _mm_mask_storeu_epi8(q + j, m, i8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j), _mm512_cvtsepi32_epi8(i32));
     __m512 lost = _mm512_mul_ps(_mm512_cvtepi32_ps(i32), sv);
-    _mm512_mask_storeu_ps(r + j, m, _mm512_sub_ps(v, lost));
+    _mm512_storeu_ps(r + j, _mm512_sub_ps(v, lost));
+  }
+  if (j < C) {
+    __mmask16 k = tail_mask16(C - j);
+    __m512 v = _mm512_maskz_loadu_ps(k, r + j);
+    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+    _mm_mask_storeu_epi8(q + j, k, _mm512_cvtsepi32_epi8(i32));
+    __m512 lost = _mm512_mul_ps(_mm512_cvtepi32_ps(i32), sv);
+    _mm512_mask_storeu_ps(r + j, k, _mm512_sub_ps(v, lost));
   }
 }
 
-SCALENN_TARGET_AVX2 void quantize_chunk_avx2(float* r, int8_t* q, float* scale_out, int64_t C) {
-  const __m256 sign = _mm256_set1_ps(-0.0f), fmax = _mm256_set1_ps(FLT_MAX);
-  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= C; j += 8) {
-    __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(r + j));
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
-    vmax = _mm256_max_ps(vmax, a);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (float v : lanes) amax = v > amax ? v : amax;
-  bool nonfinite = _mm256_movemask_ps(bad) != 0;
-  for (; j < C; ++j) {
-    float a = std::fabs(r[j]);
-    nonfinite |= !(a <= FLT_MAX);
-    amax = a > amax ? a : amax;
-  }
-  ChunkScale s = chunk_scale(amax, nonfinite);
+SCALENN_TARGET_AVX2 void quantize_chunk_avx2(float* r, int8_t* q, float* scale_out, int64_t C,
+                                             AbsMax m) {
+  ChunkScale s = chunk_scale(m.amax, m.nonfinite);
   *scale_out = s.scale;
   if (!s.finite) return write_poisoned(r, q, C);
   const __m256 inv = _mm256_set1_ps(s.inv), sv = _mm256_set1_ps(s.scale);
-  for (j = 0; j + 8 <= C; j += 8) {
+  int64_t j = 0;
+  for (; j + 8 <= C; j += 8) {
     __m256 v = _mm256_loadu_ps(r + j);
     __m256i i32 = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
     __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
@@ -252,7 +279,18 @@ void dequantize_sum_chunk_scalar(const uint8_t* first, int64_t W, int64_t stride
 
 SCALENN_TARGET_AVX512 void dequantize_sum_chunk_avx512(const uint8_t* first, int64_t W,
                                                        int64_t stride, int64_t C, float* out) {
-  for (int64_t j = 0; j < C; j += 16) {
+  int64_t j = 0;
+  for (; j + 16 <= C; j += 16) {  // full vectors unmasked; masked ops cost more on Zen
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t w = 0; w < W; ++w) {
+      const uint8_t* rec = first + w * stride;
+      __m128i q8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + j));
+      __m512 qf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8));
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(qf, _mm512_set1_ps(record_scale(rec, C))));
+    }
+    _mm512_storeu_ps(out + j, acc);
+  }
+  if (j < C) {
     __mmask16 m = tail_mask16(C - j);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t w = 0; w < W; ++w) {
@@ -298,22 +336,22 @@ void dequantize_sum_chunk(CpuIsa isa, const uint8_t* first, int64_t W, int64_t s
 }
 
 void scale_accumulate(CpuIsa isa, FloatKind sk, const void* src, float* r, int64_t n,
-                      float scale) {
+                      float scale, AbsMax* m) {
   switch (isa) {
-    case CpuIsa::avx512: scale_accumulate_avx512(sk, src, r, n, scale); break;
-    case CpuIsa::avx2: scale_accumulate_avx2(sk, src, r, n, scale); break;
-    default: scale_accumulate_scalar(sk, src, r, n, scale);
+    case CpuIsa::avx512: scale_accumulate_avx512(sk, src, r, n, scale, m); break;
+    case CpuIsa::avx2: scale_accumulate_avx2(sk, src, r, n, scale, m); break;
+    default: scale_accumulate_scalar(sk, src, r, n, scale, m);
   }
 }
 
-// Quantizes v (held in r) into record `rec`; r becomes the residual.
-void quantize_chunk_to_record(CpuIsa isa, float* r, uint8_t* rec, int64_t C) {
+// Quantizes v (held in r, max |v| known) into record `rec`; r becomes the residual.
+void quantize_chunk_to_record(CpuIsa isa, float* r, uint8_t* rec, int64_t C, AbsMax m) {
   int8_t* q = reinterpret_cast<int8_t*>(rec);
   float s;
   switch (isa) {
-    case CpuIsa::avx512: quantize_chunk_avx512(r, q, &s, C); break;
-    case CpuIsa::avx2: quantize_chunk_avx2(r, q, &s, C); break;
-    default: quantize_chunk_scalar(r, q, &s, C);
+    case CpuIsa::avx512: quantize_chunk_avx512(r, q, &s, C, m); break;
+    case CpuIsa::avx2: quantize_chunk_avx2(r, q, &s, C, m); break;
+    default: quantize_chunk_scalar(r, q, &s, C, m);
   }
   std::memcpy(rec + C, &s, sizeof(float));
 }
@@ -346,13 +384,19 @@ void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t 
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     float* r = residual + c * C;
     // v = grad * scale + residual, built in the chunk's residual slot (stays in L1 for the
-    // quantization pass right after).
+    // quantization pass right after), with max |v| taken on the way.
+    AbsMax m;
+    int64_t covered = 0;
     for_each_piece(segs, nseg, c * C, (c + 1) * C, [&](const BucketSegment& s, int64_t in_seg,
                                                        int64_t at, int64_t n) {
       const char* src = static_cast<const char*>(s.data) + in_seg * elem_size(s.kind);
-      scale_accumulate(isa, s.kind, src, residual + at, n, scale);
+      scale_accumulate(isa, s.kind, src, residual + at, n, scale, &m);
+      covered += n;
     });
-    quantize_chunk_to_record(isa, r, records + c * (C + 4), C);
+    // Chunks partly or not covered by gradients (the bucket's tail: flags, padding) hold
+    // values the pass above did not see: take their max separately.
+    if (covered != C) m = chunk_absmax(r, C);
+    quantize_chunk_to_record(isa, r, records + c * (C + 4), C, m);
   }
 }
 
@@ -379,8 +423,9 @@ void bucket_requantize_int8_chunks(CpuIsa isa, const uint8_t* records, int64_t W
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     float* r = residual + c * C;
     dequantize_sum_chunk(isa, records + c * (C + 4), W, stride, C, sum.data());
-    scale_accumulate(isa, FloatKind::f32, sum.data(), r, C, 1.0f);  // v = sum * 1 + residual
-    quantize_chunk_to_record(isa, r, out + c * (C + 4), C);
+    AbsMax m;
+    scale_accumulate(isa, FloatKind::f32, sum.data(), r, C, 1.0f, &m);  // v = sum * 1 + residual
+    quantize_chunk_to_record(isa, r, out + c * (C + 4), C, m);
   }
 }
 
