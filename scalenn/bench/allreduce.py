@@ -133,13 +133,16 @@ def run(args) -> harness.Report:
 
 def _plot(report, fig):
     parts = list(dict.fromkeys(r["part"] for r in report.rows))
+    cols = 2
+    rows_n = -(-len(parts) // cols)
+    fig.set_size_inches(12, 4.2 * rows_n)
     for k, part in enumerate(parts):
-        ax = fig.add_subplot(1, len(parts), k + 1)
+        ax = fig.add_subplot(rows_n, cols, k + 1)
         rows = [r for r in report.rows if r["part"] == part]
         ax.barh(range(len(rows)), [r["median_ms"] for r in rows],
-                xerr=[r["iqr_ms"] / 2 for r in rows], color="tab:blue")
+                xerr=[r["iqr_ms"] / 2 for r in rows], color="tab:blue", ecolor="k")
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([r["variant"] for r in rows], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("median ms (bars: IQR)", fontsize=8)
-        ax.set_title(part, fontsize=7)
+        ax.set_xlabel("median ms per call (error bar: IQR)", fontsize=8)
+        ax.set_title(part, fontsize=8)

@@ -4,4 +4,7 @@ from .comm_hook import CompressedHookState, compressed_hook
 from .fused_allreduce import FusedAllReduce
 from .wire import CollectiveError
 
-__all__ = ["FusedAllReduce", "compressed_hook", "CompressedHookState", "CollectiveError"]
+fused_hook = compressed_hook  # the name DESIGN.md uses
+
+__all__ = ["FusedAllReduce", "compressed_hook", "fused_hook", "CompressedHookState",
+           "CollectiveError"]
