@@ -299,14 +299,16 @@ def _fault_setup(rank):
 
 
 def scenario_kill(rank, world, report, timeout=20.0):
-    """Rank 1 dies after one good step; rank 0 must raise CollectiveError within the timeout."""
+    """Rank 1 dies in the middle of its second backward pass (after its first bucket was sent);
+    rank 0 must raise CollectiveError within the timeout."""
     model, x = _fault_setup(rank)
-    sync = FusedAllReduce(model, timeout=timeout)
+    sync = FusedAllReduce(model, timeout=timeout, bucket_mb=0.01, first_bucket_mb=0.001)
+    assert len(sync.buckets) >= 2
     model(x).sum().backward()
     sync.wait()
     if rank == 1:
-        os._exit(17)  # abrupt death: no cleanup, sockets closed by the OS
-    time.sleep(0.5)
+        # abrupt death mid-backward: no cleanup, sockets closed by the OS
+        model[0].weight.register_hook(lambda grad: os._exit(17))
     model(x).sum().backward()
     t0 = time.monotonic()
     try:

@@ -168,6 +168,11 @@ def part_b(rounds, quick, batch):
     ddp_fp16 = DDP(copy())
     ddp_fp16.register_comm_hook(None, default_hooks.fp16_compress_hook)
     variants["DDP fp16 hook"] = plain_step(ddp_fp16)
+    from scalenn.distributed import CompressedHookState, compressed_hook
+    for comp in ("bf16", "int8"):
+        ddp = DDP(copy())
+        ddp.register_comm_hook(CompressedHookState(compression=comp), compressed_hook)
+        variants[f"DDP + scalenn {comp} hook"] = plain_step(ddp)
     for label, comp, view in (("scalenn", None, False), ("scalenn bucket view", None, True),
                               ("scalenn bf16", "bf16", False), ("scalenn int8", "int8", False)):
         m = copy()

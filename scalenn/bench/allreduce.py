@@ -7,7 +7,8 @@ each, spawned by this benchmark), variants interleaved round by round, medians a
     wait(): packing, 25 MB buckets, async collectives, unpacking), also bf16 and int8.
 (b) end-to-end step (forward + backward + gradient averaging) of an ~18.6M-parameter MLP,
     batch 32 per rank: no communication, DDP default, DDP gradient_as_bucket_view, DDP with
-    torch's fp16 hook, scalenn uncompressed / bucket view / bf16 / int8.
+    torch's fp16 hook, DDP with scalenn's bf16 / int8 comm hook, scalenn FusedAllReduce
+    uncompressed / bucket view / bf16 / int8.
 (c) the pack kernel alone, in this process: scalenn.ops.bucket_pack vs torch.cat + mul + cast.
 """
 import os
