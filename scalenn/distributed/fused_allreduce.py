@@ -136,7 +136,12 @@ class FusedAllReduce:
         self.first_bucket_bytes = int(first_bucket_mb * _MB)
         self._src = dist.get_global_rank(process_group, 0) if process_group is not None else 0
 
-        check_same_model(model, process_group, self.rank, self.world)
+        # NCCL takes GPU tensors only; gloo takes CPU ones.
+        backend = str(dist.get_backend(process_group)).lower()
+        first = next(iter(model.parameters()), None)
+        self._comm_device = (first.device if backend == "nccl" and first is not None
+                             else torch.device("cpu"))
+        check_same_model(model, process_group, self.rank, self.world, self._comm_device)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no parameters with requires_grad=True to synchronize")
@@ -217,7 +222,8 @@ class FusedAllReduce:
             dist.broadcast(flat, src=self._src, group=self.group)
             ops.bucket_unpack(flat, data, 1.0)
         for buf in self.model.buffers():
-            dist.broadcast(buf, src=self._src, group=self.group)
+            if buf.device == self.device:  # the backend's device (gloo: CPU, NCCL: the GPU)
+                dist.broadcast(buf, src=self._src, group=self.group)
 
     # ------------------------------------------------------------------ hooks
     def _make_hook(self, i: int):
@@ -354,10 +360,10 @@ class FusedAllReduce:
         buckets on every rank (parameters never seen keep reverse registration order)."""
         seen = set(self._order)
         order = self._order + [i for i in reversed(range(len(self.params))) if i not in seen]
-        t = torch.tensor(order, dtype=torch.int64)
+        t = torch.tensor(order, dtype=torch.int64, device=self._comm_device)
         work = dist.broadcast(t, src=self._src, group=self.group, async_op=True)
         wait_work(work, self.timeout, "broadcast of the bucket order", self.rank)
-        agreed = t.tolist()
+        agreed = t.cpu().tolist()
         if sorted(agreed) != list(range(len(self.params))):
             raise RuntimeError("scalenn.distributed.FusedAllReduce: rank 0 sent an invalid "
                                "bucket order (models differ between ranks?)")

@@ -13,17 +13,19 @@ def model_signature(model: torch.nn.Module) -> List[Tuple[str, tuple, str, bool]
             for name, p in model.named_parameters()]
 
 
-def _gather_bytes(data: bytes, group, world: int) -> List[bytes]:
-    """all_gather of variable-length byte strings as uint8 tensors (no pickling)."""
-    n = torch.tensor([len(data)], dtype=torch.int64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+def _gather_bytes(data: bytes, group, world: int, device) -> List[bytes]:
+    """all_gather of variable-length byte strings as uint8 tensors (no pickling). `device`:
+    where the backend wants tensors (CPU for gloo, the GPU for NCCL)."""
+    n = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
     longest = max(int(s) for s in sizes)
     mine = torch.zeros(longest, dtype=torch.uint8)
-    mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else mine[:0]
-    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(bufs, mine, group=group)
-    return [bytes(b[:int(s)].tolist()) for b, s in zip(bufs, sizes)]
+    if data:
+        mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    bufs = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(bufs, mine.to(device), group=group)
+    return [bytes(b[:int(s)].cpu().tolist()) for b, s in zip(bufs, sizes)]
 
 
 def _describe_difference(sig_a, sig_b, rank_a: int, rank_b: int) -> str:
@@ -42,15 +44,15 @@ def _describe_difference(sig_a, sig_b, rank_a: int, rank_b: int) -> str:
     return "the parameter lists differ"
 
 
-def check_same_model(model: torch.nn.Module, group, rank: int, world: int) -> None:
+def check_same_model(model: torch.nn.Module, group, rank: int, world: int, device) -> None:
     """Raises ValueError on every rank when any rank's parameters differ from rank 0's."""
     sig = model_signature(model)
     text = "\n".join(f"{n}\t{s}\t{d}\t{g}" for n, s, d, g in sig).encode()
     digest = hashlib.sha256(text).digest()
-    digests = _gather_bytes(digest, group, world)
+    digests = _gather_bytes(digest, group, world, device)
     if all(d == digests[0] for d in digests):
         return
-    texts = _gather_bytes(text, group, world)  # only on mismatch: who differs, and how
+    texts = _gather_bytes(text, group, world, device)  # only on mismatch: who differs, and how
 
     def parse(t: bytes):
         out = []

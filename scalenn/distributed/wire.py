@@ -5,8 +5,10 @@ how the result is unpacked. One class per compression; all share the flat layout
 
 The flags (1.0 where this rank produced a gradient for that parameter in this step, else 0.0)
 travel in the same collective as the gradients, so learning which parameters were used on any
-rank costs no extra round trip. They are exact on every wire (1.0 and small sums of it are
-representable in bf16/fp16, and the int8 path quantizes them in chunks of their own).
+rank costs no extra round trip. Flags are never scaled by 1/W: the receiver sees how many ranks
+used each parameter, exactly on the float wires (small integers are exact in bf16/fp16) and to
+about 1e-6 on the int8 wire (flags get chunks of their own, so their scale is 1/127); "used"
+means a sum above 0.5.
 
 Collectives are started asynchronously (`launch`), optionally continued (`middle`, used by the
 two-phase int8 exchange) and finished (`finish`) in bucket order on every rank, so ranks always
