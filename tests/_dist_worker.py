@@ -73,8 +73,11 @@ UNDERFLOW = {None: 0.0, "bf16": 0.0, "fp16": 2.0**-24}
 
 def scenario_exact(rank, world, report):
     loss_fn = nn.CrossEntropyLoss()
-    configs = [(None, False), (None, True), ("bf16", False), ("fp16", False), ("int8", False)]
-    for compression, view in configs:
+    # (compression, bucket views, half_sum_fp32)
+    configs = [(None, False, False), (None, True, False), ("bf16", False, False),
+               ("bf16", False, True), ("fp16", False, False), ("fp16", False, True),
+               ("int8", False, False)]
+    for compression, view, half_sum_fp32 in configs:
         gain_dtype = torch.float32 if view else torch.bfloat16
         torch.manual_seed(0)
         model = Net(gain_dtype)
@@ -82,8 +85,8 @@ def scenario_exact(rank, world, report):
         ref.load_state_dict(model.state_dict())
         sync = FusedAllReduce(model, bucket_mb=0.05, first_bucket_mb=0.005,
                               compression=compression, grad_as_bucket_view=view, timeout=60,
-                              int8_chunk=256)
-        key = f"{compression}{'_view' if view else ''}"
+                              int8_chunk=256, half_sum_fp32=half_sum_fp32)
+        key = f"{compression}{'_view' if view else ''}{'_fp32sum' if half_sum_fp32 else ''}"
         int8_errors = []
         assert len(sync.buckets) >= 4, sync.bucket_order()
         for step in range(3):

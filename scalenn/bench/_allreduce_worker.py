@@ -88,13 +88,17 @@ def part_a(rounds, quick):
     syncs = {}
     variants = {"per-tensor all_reduce": run_per_tensor, "all_reduce_coalesced": run_coalesced,
                 "one flat buffer (floor)": run_flat}
-    for label, comp, view in (("scalenn", None, False), ("scalenn bucket view", None, True),
-                              ("scalenn bf16", "bf16", False), ("scalenn int8", "int8", False)):
+    for label, comp, view, fp32sum in (
+            ("scalenn", None, False, None), ("scalenn bucket view", None, True, None),
+            ("scalenn bf16", "bf16", False, False),
+            ("scalenn bf16, fp32 sum", "bf16", False, True),
+            ("scalenn fp16", "fp16", False, False),
+            ("scalenn int8", "int8", False, None)):
         module = ShapesModule(shapes)
         for p in module.parameters():
             p.grad = torch.randn(p.shape)
         sync = FusedAllReduce(module, compression=comp, timeout=600, broadcast_parameters=False,
-                              grad_as_bucket_view=view)
+                              grad_as_bucket_view=view, half_sum_fp32=bool(fp32sum))
         n = len(sync.params)
 
         def run(sync=sync, n=n):

@@ -99,6 +99,10 @@ class FusedAllReduce:
         broadcast_parameters: copy rank 0's parameters and buffers to every rank at
             construction (default True), as DDP does.
         int8_chunk: values per int8 scale (default 1024; the scale costs 4 bytes per chunk).
+        half_sum_fp32: for "bf16"/"fp16": sum in float32 (all_to_all, fp32 shard sums, one
+            rounding, all_gather) instead of an all-reduce that sums in the wire dtype (the
+            default). More accurate with many ranks; on gloo over loopback it measured slower
+            for bf16 and even for fp16 (benchmarks/results/allreduce.md), so it is opt-in.
 
     Attributes after wait(): `found_inf` (any non-finite averaged gradient), `last_bytes`
     (bytes handed to collectives and bytes each rank sent in the last step), `buckets`.
@@ -107,7 +111,8 @@ class FusedAllReduce:
     def __init__(self, model: torch.nn.Module, process_group=None, bucket_mb: float = 25.0,
                  first_bucket_mb: float = 1.0, compression: Optional[str] = None,
                  error_feedback: bool = True, timeout=300.0, grad_as_bucket_view: bool = False,
-                 broadcast_parameters: bool = True, int8_chunk: int = 1024):
+                 broadcast_parameters: bool = True, int8_chunk: int = 1024,
+                 half_sum_fp32: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_compression(compression)
@@ -132,6 +137,7 @@ class FusedAllReduce:
         self.timeout = _as_timedelta(timeout)
         self.grad_as_bucket_view = bool(grad_as_bucket_view)
         self.int8_chunk = int8_chunk
+        self.half_sum_fp32 = bool(half_sum_fp32)
         self.bucket_bytes = int(bucket_mb * _MB)
         self.first_bucket_bytes = int(first_bucket_mb * _MB)
         self._src = dist.get_global_rank(process_group, 0) if process_group is not None else 0
@@ -192,7 +198,8 @@ class FusedAllReduce:
         for bi, members in enumerate(groups):
             numel = sum(self.numels[i] for i in members)
             wire = make_wire(numel, len(members), self.compression, self.group, self.world,
-                             self.device, self.int8_chunk, self.error_feedback)
+                             self.device, self.int8_chunk, self.error_feedback,
+                             half_sum_fp32=self.half_sum_fp32)
             self.buckets.append(_Bucket(bi, members, self.numels, wire))
             off = 0
             for i in members:

@@ -69,7 +69,7 @@ class FloatWire:
         return not bool(torch.isfinite(self.flat[:self.numel]).all())
 
     def flag_sums(self) -> torch.Tensor:
-        return self.flat[self.numel:].float()
+        return self.flat[self.numel:self.numel + self.nflags].float()
 
     def payload_bytes(self) -> int:
         return self.flat.numel() * self.flat.element_size()
@@ -100,6 +100,39 @@ class FloatWire:
         """After the collective completed: write the mean into `grads` (if given)."""
         if grads:
             ops.bucket_unpack(self.flat, grads, 1.0)
+
+
+class HalfFp32SumWire(FloatWire):
+    """bf16/fp16 on the wire, summed in float32: all_to_all of the packed bucket, each rank sums
+    its shard in fp32 and rounds once, all_gather of the shards. Same bytes per rank as a ring
+    all-reduce, one rounding instead of W - 1, and it avoids gloo's slow fp16 summation."""
+
+    def __init__(self, numel: int, nflags: int, compression, group, world: int, device):
+        self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
+        self.dtype = WIRE_DTYPE[compression]
+        padded = _ceil_div(numel + nflags, world) * world
+        self.shard_len = padded // world
+        self.flat = torch.zeros(padded, dtype=self.dtype, device=device)
+        self.recv = torch.empty(padded, dtype=self.dtype, device=device)
+        self.shard = torch.empty(self.shard_len, dtype=self.dtype, device=device)
+        self.work = None
+
+    def sent_bytes(self) -> int:
+        return int(2 * (self.world - 1) / self.world * self.payload_bytes())
+
+    def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
+               in_place: bool = False) -> None:
+        ops.bucket_pack(grads, self.flat, 1.0 / self.world)
+        if flags is not None:
+            self.flat[self.numel:self.numel + self.nflags].copy_(flags)
+        self.work = dist.all_to_all_single(self.recv, self.flat, group=self.group, async_op=True)
+
+    def middle(self, timeout, rank: int, what: str) -> None:
+        work, self.work = self.work, None
+        wait_work(work, timeout, what + " (reduce-scatter phase)", rank)
+        self.shard.copy_(torch.sum(self.recv.view(self.world, self.shard_len), dim=0,
+                                   dtype=torch.float32))
+        self.work = _all_gather_single(self.flat, self.shard, group=self.group, async_op=True)
 
 
 class _Int8Records:
@@ -261,9 +294,12 @@ class Int8GatherWire(_Int8Records):
 
 
 def make_wire(numel: int, nflags: int, compression, group, world: int, device, chunk: int,
-              error_feedback: bool, int8_single_collective: bool = False):
+              error_feedback: bool, int8_single_collective: bool = False,
+              half_sum_fp32: bool = False):
     if compression == "int8" and int8_single_collective:
         return Int8GatherWire(numel, nflags, group, world, device, chunk, error_feedback)
+    if compression in ("bf16", "fp16") and half_sum_fp32:
+        return HalfFp32SumWire(numel, nflags, compression, group, world, device)
     if compression == "int8":
         return Int8Wire(numel, nflags, group, world, device, chunk, error_feedback)
     return FloatWire(numel, nflags, compression, group, world, device)
