@@ -125,6 +125,9 @@ def run(args) -> harness.Report:
         "extra_buffer_MB: scalenn's communication buffers beyond the .grad tensors (bucket view: "
         "the buckets are the .grad storage, so only flags/padding count). DDP keeps one copy of "
         "the gradients in its buckets by design (none with gradient_as_bucket_view).",
+        "Loopback moves bytes at memory speed, so compression saves less here than on a real "
+        "network link, and its pack/quantize passes compete with the other rank and gloo's "
+        "threads for the 2 cores; (a) and (b) are the pessimistic case for bf16/int8.",
         "Taken while four other engineers were compiling and testing on the same 2 cores: "
         "absolute times are noisy, interleaved ratios less so.",
     ]
