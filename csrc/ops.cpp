@@ -37,6 +37,36 @@ TORCH_LIBRARY(scalenn, m) {
   m.def("bucket_pack_q8(Tensor[] tensors, float scale, int chunk) -> (Tensor, Tensor)");
   m.def("bucket_unpack_q8(Tensor q, Tensor chunk_scales, Tensor(a!)[] tensors, float scale, "
         "int chunk) -> ()");
+
+  // ---- bucket: gradient buckets for scalenn.distributed (fused all-reduce) ----
+  // Contracts in csrc/cpu/bucket_kernels.h; references in scalenn/_ops/bucket.py. All math in
+  // float32, round-to-nearest-even on every cast, no FMA. Segment i of a bucket occupies flat
+  // elements [o_i, o_i + n_i) with o_i = n_0 + ... + n_{i-1} (grads back to back, in list order).
+  // bucket_pack: grads = contiguous float32/bfloat16/float16 tensors (any shapes, dtypes may
+  //   differ); flat = 1-D contiguous float32/bfloat16/float16, numel >= sum(n_i). Writes
+  //   flat[o_i:o_i+n_i] = (grads[i].flatten().float() * scale).to(flat.dtype); the rest of flat
+  //   is left untouched.
+  m.def("bucket_pack(Tensor[] grads, Tensor(a!) flat, float scale) -> ()");
+  // bucket_unpack: the reverse: grads[i] = (flat[o_i:o_i+n_i].float() * scale).to(grads[i].dtype).
+  m.def("bucket_unpack(Tensor flat, Tensor(a!)[] grads, float scale) -> ()");
+  // bucket_quantize_int8 (error feedback): residual float32 [N*C], records uint8 [N, C+4].
+  //   v = packed(grads) * scale + residual (v = residual past the grads); per chunk c of C values:
+  //   s = max|v|/127, q = round_half_even(v * (127/max|v|)) (0 if max is 0), residual = v - q*s;
+  //   a chunk holding NaN/Inf gets s = NaN, q = 0, residual = 0. Record c = C int8 q values then
+  //   s as 4 little-endian bytes (the wire format of the int8 all-reduce).
+  m.def("bucket_quantize_int8(Tensor[] grads, Tensor(a!) residual, Tensor(b!) records, "
+        "float scale) -> ()");
+  // bucket_dequantize_sum: records uint8 [W, N, C+4] (W record arrays, e.g. one per rank) ->
+  //   out float32 [N*C] = sum over w in order 0..W-1 of q_w * s_w (fp32, starting from +0).
+  m.def("bucket_dequantize_sum(Tensor records, Tensor(a!) out) -> ()");
+  // bucket_unpack_int8: records uint8 [W, N, C+4] -> grads[i] = flat[o_i:o_i+n_i] cast to
+  //   grads[i].dtype, flat = bucket_dequantize_sum(records) (fused with bucket_unpack, scale 1;
+  //   W = 1: plain dequantization).
+  m.def("bucket_unpack_int8(Tensor records, Tensor(a!)[] grads) -> ()");
+  // bucket_requantize_int8: records uint8 [W, N, C+4], residual float32 [N*C], out uint8
+  //   [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
+  //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
+  m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
 }
 
 namespace {

@@ -5,6 +5,7 @@ from . import _C_loader  # noqa: F401
 from . import _C
 from . import _ops  # noqa: F401  (fake kernels, autograd, GPU backends)
 from . import nn  # noqa: F401
+from . import distributed  # noqa: F401
 from .ops import dequantize_per_row, quantize_per_row
 from .serialize import load, save
 

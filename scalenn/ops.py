@@ -121,3 +121,56 @@ def bucket_unpack_q8(q: torch.Tensor, chunk_scales: torch.Tensor, tensors, scale
                      chunk: int = 2048) -> None:
     """tensors[i] <- dequantized segment i * scale, in place."""
     torch.ops.scalenn.bucket_unpack_q8(q, chunk_scales, list(tensors), float(scale), int(chunk))
+
+# ---- bucket: gradient buckets for scalenn.distributed (contracts in csrc/ops.cpp) ----
+
+def _check_bucket_grads(grads, fn: str):
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{fn}: grads must be a list of tensors, got {type(grads).__name__}")
+    for i, g in enumerate(grads):
+        _check_float(g, f"{fn}: grads[{i}]")
+        _check_contiguous(g, f"{fn}: grads[{i}]")
+        _check_device(g, fn)
+
+
+def bucket_pack(grads, flat: torch.Tensor, scale: float = 1.0) -> None:
+    """flat[o_i:o_i+n_i] = (grads[i].flatten().float() * scale).to(flat.dtype), grads back to
+    back from flat[0]; one pass, in place. flat: 1-D float32/bfloat16/float16."""
+    _check_bucket_grads(grads, "bucket_pack")
+    _check_float(flat, "bucket_pack: flat")
+    torch.ops.scalenn.bucket_pack(list(grads), flat, float(scale))
+
+
+def bucket_unpack(flat: torch.Tensor, grads, scale: float = 1.0) -> None:
+    """The reverse of bucket_pack: grads[i][...] = (flat[o_i:o_i+n_i].float() * scale), in place."""
+    _check_bucket_grads(grads, "bucket_unpack")
+    _check_float(flat, "bucket_unpack: flat")
+    torch.ops.scalenn.bucket_unpack(flat, list(grads), float(scale))
+
+
+def bucket_quantize_int8(grads, residual: torch.Tensor, records: torch.Tensor,
+                         scale: float = 1.0) -> None:
+    """Int8 quantization with error feedback into wire records (see csrc/ops.cpp): per chunk of
+    C = records.shape[1] - 4 values of v = packed(grads) * scale + residual, q and a float32
+    scale; residual becomes v - q * s."""
+    _check_bucket_grads(grads, "bucket_quantize_int8")
+    torch.ops.scalenn.bucket_quantize_int8(list(grads), residual, records, float(scale))
+
+
+def bucket_dequantize_sum(records: torch.Tensor, out: torch.Tensor) -> None:
+    """out = sum over records.shape[0] record arrays of q * s, in float32."""
+    torch.ops.scalenn.bucket_dequantize_sum(records, out)
+
+
+def bucket_unpack_int8(records: torch.Tensor, grads) -> None:
+    """grads[i][...] = the sum of the dequantized values of records' W arrays ([W, N, C + 4]),
+    fused dequantize(-and-sum) + unpack."""
+    _check_bucket_grads(grads, "bucket_unpack_int8")
+    torch.ops.scalenn.bucket_unpack_int8(records, list(grads))
+
+
+def bucket_requantize_int8(records: torch.Tensor, residual: torch.Tensor,
+                           out: torch.Tensor) -> None:
+    """out = int8 records of (sum over records.shape[0] arrays of q * s) + residual; residual
+    becomes what that quantization lost (the reduce-scatter step, one pass)."""
+    torch.ops.scalenn.bucket_requantize_int8(records, residual, out)

@@ -5,3 +5,4 @@ Importing this package registers everything; `scalenn/__init__.py` does so once.
 from . import quantize  # noqa: F401
 from . import gpu_ops  # noqa: F401
 from . import gpu_backends  # noqa: F401
+from . import bucket  # noqa: F401
