@@ -56,7 +56,9 @@ def _extension(torch, cpp_extension, with_cuda):
     # -O3 and no -march: every ISA-specific function carries its own target attribute
     # (csrc/cpu/isa.h), so the wheel runs on any x86-64 CPU.
     cxx = ["-O3", "-std=c++20", "-fno-math-errno", "-Wall", "-Wno-unused-function",
-           "-Wno-unknown-pragmas"]
+           "-Wno-unknown-pragmas",
+           # gcc 12 false positive inside its own AVX-512 intrinsics headers
+           "-Wno-maybe-uninitialized"]
     defines = [("SCALENN_VERSION", f'"{_version(torch, with_cuda)}"')]
     # Headers as dependencies, so editing one rebuilds (setuptools only compares sources).
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))

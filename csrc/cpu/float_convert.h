@@ -34,7 +34,25 @@ inline void store_scalar(FloatKind kind, void* base, int64_t i, float v) {
   }
 }
 
-// ---- AVX-512: 16 lanes, `mask` selects the valid lanes of a tail ----
+// ---- AVX-512: 16 lanes ----
+// Full vectors use plain loads/stores; the `mask` overloads are for tails only (on Zen 5,
+// masked memory operations in a main loop cost several times a plain one).
+SCALENN_TARGET_AVX512 inline __m512 load16(FloatKind kind, const void* base, int64_t i) {
+  switch (kind) {
+    case FloatKind::bf16: {
+      __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+          static_cast<const uint16_t*>(base) + i));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case FloatKind::f16: {
+      __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+          static_cast<const uint16_t*>(base) + i));
+      return _mm512_cvtph_ps(h);
+    }
+    default: return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+  }
+}
+
 SCALENN_TARGET_AVX512 inline __m512 load16(FloatKind kind, const void* base, int64_t i,
                                            __mmask16 mask) {
   switch (kind) {
@@ -57,6 +75,20 @@ SCALENN_TARGET_AVX512 inline __m256i fp32_to_bf16_avx512(__m512 v) {
   __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc00000));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+SCALENN_TARGET_AVX512 inline void store16(FloatKind kind, void* base, int64_t i, __m512 v) {
+  switch (kind) {
+    case FloatKind::bf16:
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(base) + i),
+                          fp32_to_bf16_avx512(v));
+      break;
+    case FloatKind::f16:
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(base) + i),
+                          _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    default: _mm512_storeu_ps(static_cast<float*>(base) + i, v);
+  }
 }
 
 SCALENN_TARGET_AVX512 inline void store16(FloatKind kind, void* base, int64_t i, __m512 v,

@@ -105,16 +105,21 @@ SCALENN_TARGET_AVX2 void dequantize_row_avx2(FloatKind kind, const int8_t* q, fl
 }
 
 // ---------------- AVX-512 ----------------
+// Main loops on full vectors, one masked step for the tail.
 SCALENN_TARGET_AVX512 void quantize_row_avx512(FloatKind kind, const void* x, int64_t K,
                                                int8_t* q, float* scale, const char* next_row) {
   const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+  const int64_t K16 = K & ~int64_t(15);
+  const __mmask16 tail = tail_mask16(K - K16);
   __m512 vmax = _mm512_setzero_ps();
   __mmask16 bad = 0;
-  for (int64_t k = 0; k < K; k += 16) {
-    __m512 a = _mm512_abs_ps(load16(kind, x, k, tail_mask16(K - k)));  // masked lanes load 0
+  auto accumulate = [&](__m512 v) SCALENN_TARGET_AVX512 {
+    __m512 a = _mm512_abs_ps(v);
     bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
     vmax = _mm512_max_ps(vmax, a);
-  }
+  };
+  for (int64_t k = 0; k < K16; k += 16) accumulate(load16(kind, x, k));
+  if (K16 < K) accumulate(load16(kind, x, K16, tail));  // masked lanes load 0
   RowScale s = row_scale(_mm512_reduce_max_ps(vmax), bad != 0);
   *scale = s.scale;
   if (!s.finite) {
@@ -123,28 +128,32 @@ SCALENN_TARGET_AVX512 void quantize_row_avx512(FloatKind kind, const void* x, in
   }
   const __m512 inv = _mm512_set1_ps(s.inv);
   const int64_t elem = kind == FloatKind::f32 ? 4 : 2;
-  for (int64_t k = 0; k < K; k += 16) {
-    __mmask16 m = tail_mask16(K - k);
+  for (int64_t k = 0; k < K16; k += 16) {
     // The second pass reads this row from L1; meanwhile pull in the next row, whose first pass
     // would otherwise stall on memory at every page the hardware prefetcher does not cross.
     if (next_row != nullptr) _mm_prefetch(next_row + k * elem, _MM_HINT_T0);
-    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(load16(kind, x, k, m), inv));  // MXCSR: RNE
+    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(load16(kind, x, k), inv));  // MXCSR: RNE
     // Narrow in registers, then store: the memory form of vpmovsdb is microcoded (slow) on Zen.
-    __m128i i8 = _mm512_cvtsepi32_epi8(i32);
-    if (m == 0xffff)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), i8);
-    else
-      _mm_mask_storeu_epi8(q + k, m, i8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(i32));
+  }
+  if (K16 < K) {
+    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(load16(kind, x, K16, tail), inv));
+    _mm_mask_storeu_epi8(q + K16, tail, _mm512_cvtsepi32_epi8(i32));
   }
 }
 
 SCALENN_TARGET_AVX512 void dequantize_row_avx512(FloatKind kind, const int8_t* q, float scale,
                                                  int64_t K, void* y) {
   const __m512 s = _mm512_set1_ps(scale);
-  for (int64_t k = 0; k < K; k += 16) {
-    __mmask16 m = tail_mask16(K - k);
-    __m512i i32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q + k));
-    store16(kind, y, k, _mm512_mul_ps(_mm512_cvtepi32_ps(i32), s), m);
+  const int64_t K16 = K & ~int64_t(15);
+  for (int64_t k = 0; k < K16; k += 16) {
+    __m512i i32 = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + k)));
+    store16(kind, y, k, _mm512_mul_ps(_mm512_cvtepi32_ps(i32), s));
+  }
+  if (K16 < K) {
+    const __mmask16 m = tail_mask16(K - K16);
+    __m512i i32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q + K16));
+    store16(kind, y, K16, _mm512_mul_ps(_mm512_cvtepi32_ps(i32), s), m);
   }
 }
 
