@@ -115,9 +115,9 @@ def _quantize_chunk_kernel(residual_ptr, rec_q_ptr, rec_u8_ptr, C, BLOCK: tl.con
     for start in range(0, C, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         v = tl.load(r_ptr + offs, mask=offs < C, other=0.0)
-        t = (v * inv + _ROUND_MAGIC) - _ROUND_MAGIC  # |v * inv| <= 127: exact half-to-even
-        t = tl.minimum(tl.maximum(t, -127.0), 127.0)
-        t = tl.where(finite, t, 0.0)  # inf * 0 is NaN: a poisoned chunk stores zeros explicitly
+        # A poisoned chunk quantizes zeros (inf * 0 would be NaN); finite chunks are unchanged.
+        t = (tl.where(finite, v, 0.0) * inv + _ROUND_MAGIC) - _ROUND_MAGIC  # exact half-to-even
+        t = tl.minimum(tl.maximum(t, -127.0), 127.0)  # |v * inv| <= 127 (+ rounding of inv)
         lost = t * s
         tl.store(rec_q_ptr + rec + offs, t.to(tl.int8), mask=offs < C)
         tl.store(r_ptr + offs, tl.where(finite, v - lost, 0.0), mask=offs < C)
