@@ -116,8 +116,12 @@ def _quantize_chunk_kernel(residual_ptr, rec_q_ptr, rec_u8_ptr, C, BLOCK: tl.con
         offs = start + tl.arange(0, BLOCK)
         v = tl.load(r_ptr + offs, mask=offs < C, other=0.0)
         # A poisoned chunk quantizes zeros (inf * 0 would be NaN); finite chunks are unchanged.
-        t = (tl.where(finite, v, 0.0) * inv + _ROUND_MAGIC) - _ROUND_MAGIC  # exact half-to-even
-        t = tl.minimum(tl.maximum(t, -127.0), 127.0)  # |v * inv| <= 127 (+ rounding of inv)
+        x = tl.where(finite, v, 0.0) * inv
+        t = (x + _ROUND_MAGIC) - _ROUND_MAGIC  # exact half-to-even for |x| <= 127 (+ rounding)
+        # The magic yields +0 where rint gives -0 (x in [-0.5, -0]); the sign of that zero
+        # reaches the residual (v - (-0)*s), so restore it: x * 0 is a zero with x's sign.
+        t = tl.where(t == 0.0, x * 0.0, t)
+        t = tl.minimum(tl.maximum(t, -127.0), 127.0)
         lost = t * s
         tl.store(rec_q_ptr + rec + offs, t.to(tl.int8), mask=offs < C)
         tl.store(r_ptr + offs, tl.where(finite, v - lost, 0.0), mask=offs < C)

@@ -62,7 +62,8 @@ def test_quantize_int8_with_error_feedback_bit_exact(C):
     total = sum(g.numel() for g in grads)
     N = -(-total // C) + 1  # one chunk past the grads: v = residual there
     residual = torch.randn(N * C, device=DEVICE) * 0.01
-    residual[-C:] = 0.0  # an all-zero chunk: s = 0, q = 0
+    residual[-C:] = -0.0  # an all-zero chunk: s = 0, q = 0 (and -0.0: rint's sign of zero)
+    grads[3][:40] = -0.0
     records = torch.full((N, C + 4), 0xAB, dtype=torch.uint8, device=DEVICE)
     r_ref, rec_ref = residual.cpu().clone(), records.cpu().clone()
     for step in range(2):  # the second step feeds the first one's residual back
