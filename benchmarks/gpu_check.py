@@ -438,10 +438,13 @@ def bench_pack(torch, timer, copy_gbs, scale=1):
     total = sum(sizes)
     rows = []
     for dtype, nbytes in ((torch.bfloat16, 2), (torch.float32, 4)):
-        v = {f"scalenn pack->{str(dtype)[6:]} (cuda)": lambda i, d=dtype: OP.bucket_pack_cast(
-                grads, 0.125, d),
-             f"scalenn pack->{str(dtype)[6:]} (triton)": lambda i, d=dtype: tb.bucket_pack(
-                grads, 0.125, d),
+        # scalenn::bucket_pack writes into a preallocated flat buffer (as scalenn.distributed
+        # does); the torch baseline allocates its result, as a user without the op would.
+        flat = torch.empty(total, dtype=dtype, device=DEV)
+        v = {f"scalenn pack->{str(dtype)[6:]} (cuda)": lambda i, f=flat: OP.bucket_pack(
+                grads, f, 0.125),
+             f"scalenn pack->{str(dtype)[6:]} (triton)": lambda i, f=flat: tb.bucket_pack(
+                grads, f, 0.125),
              f"torch.cat*scale->{str(dtype)[6:]}": lambda i, d=dtype: (
                 torch.cat([g.view(-1) for g in grads]) * 0.125).to(d)}
         t = timer.run(v)

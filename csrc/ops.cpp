@@ -29,14 +29,7 @@ TORCH_LIBRARY(scalenn, m) {
   // float32 required), meta int32 [ceil(N/16), S, 32]. activation: "none" | "relu" | "gelu".
   m.def("mma_sp24_linear(Tensor x, Tensor values, Tensor meta, Tensor? w_scale, Tensor? bias, "
         "SymInt out_features, str activation) -> Tensor");
-  // Gradient buckets: cat(t.flatten() for t in tensors) * scale cast to `dtype`, and back.
-  m.def("bucket_pack_cast(Tensor[] tensors, float scale, ScalarType dtype) -> Tensor");
-  m.def("bucket_unpack_cast(Tensor flat, Tensor(a!)[] tensors, float scale) -> ()");
-  // Int8 buckets: chunks of `chunk` elements (never crossing tensors) quantized per chunk with
-  // the quantize_per_row contract -> (q int8 [total], chunk_scales float32 [n_chunks]).
-  m.def("bucket_pack_q8(Tensor[] tensors, float scale, int chunk) -> (Tensor, Tensor)");
-  m.def("bucket_unpack_q8(Tensor q, Tensor chunk_scales, Tensor(a!)[] tensors, float scale, "
-        "int chunk) -> ()");
+  // (Gradient buckets: the "bucket" family below; CUDA kernels in csrc/cuda/bucket_*.)
 
   // ---- bucket: gradient buckets for scalenn.distributed (fused all-reduce) ----
   // Contracts in csrc/cpu/bucket_kernels.h; references in scalenn/_ops/bucket.py. All math in

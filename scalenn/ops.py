@@ -76,7 +76,7 @@ def dequantize_per_row(q: torch.Tensor, scale: torch.Tensor,
     return y.reshape(q.shape)
 
 
-# ---- GPU tensor-core family (issue 6): 2:4 sparse tensor-core linear, gradient buckets ----
+# ---- GPU tensor-core family (issue 6): 2:4 sparse tensor-core linear ----
 
 def sparse24_pack(w: torch.Tensor, convention: str = None):
     """2:4-sparse weight [N, K] (float16/bfloat16/int8; at most 2 non-zeros in every 4
@@ -101,26 +101,6 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, o
     return torch.ops.scalenn.mma_sp24_linear(x, values, meta, w_scale, bias, out_features,
                                              activation)
 
-
-def bucket_pack_cast(tensors, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """cat(t.flatten() for t in tensors) * scale as `dtype`, in one kernel on CUDA."""
-    return torch.ops.scalenn.bucket_pack_cast(list(tensors), float(scale), dtype)
-
-
-def bucket_unpack_cast(flat: torch.Tensor, tensors, scale: float) -> None:
-    """tensors[i] <- flat[segment i] * scale, in place."""
-    torch.ops.scalenn.bucket_unpack_cast(flat, list(tensors), float(scale))
-
-
-def bucket_pack_q8(tensors, scale: float = 1.0, chunk: int = 2048):
-    """(q int8 [total], chunk_scales float32): per-chunk symmetric int8 of the scaled tensors."""
-    return torch.ops.scalenn.bucket_pack_q8(list(tensors), float(scale), int(chunk))
-
-
-def bucket_unpack_q8(q: torch.Tensor, chunk_scales: torch.Tensor, tensors, scale: float = 1.0,
-                     chunk: int = 2048) -> None:
-    """tensors[i] <- dequantized segment i * scale, in place."""
-    torch.ops.scalenn.bucket_unpack_q8(q, chunk_scales, list(tensors), float(scale), int(chunk))
 
 # ---- bucket: gradient buckets for scalenn.distributed (contracts in csrc/ops.cpp) ----
 

@@ -261,3 +261,20 @@ def test_int8_fused_ops_opcheck_and_errors():
     with pytest.raises(ValueError, match="must be 3-D"):
         torch.ops.scalenn.bucket_requantize_int8(records[0], torch.zeros(48),
                                                  torch.empty(3, 20, dtype=torch.uint8))
+
+
+def test_quantize_int8_sign_of_zero_matches_reference(isa):
+    # v = -0.0 exactly (e.g. -0 grads on a -0 residual): rint(-0 * inv) is -0 and the residual
+    # -0 - (-0 * s) is +0 on every ISA, as in the reference (torch.equal ignores zero signs).
+    C = 40
+    g = torch.randn(3 * C)
+    g[:C] = -0.0  # chunk 0: all -0 (amax 0)
+    g[C:C + 7] = -0.0  # chunk 1: some -0 among non-zeros
+    residual = torch.zeros(3 * C)
+    residual[:2 * C] = -0.0
+    records = torch.empty(3, C + 4, dtype=torch.uint8)
+    r_ref, rec_ref = residual.clone(), records.clone()
+    ops.bucket_quantize_int8([g], residual, records, 1.0)
+    bucket_quantize_int8_reference([g], r_ref, rec_ref, 1.0)
+    assert torch.equal(records, rec_ref)
+    assert torch.equal(residual.view(torch.int32), r_ref.view(torch.int32))

@@ -88,4 +88,6 @@ def test_cpu_smoke_runs_every_benchmark_code_path(tmp_path):
     variants = {r.get("variant") for r in report["int8_linear"]}
     assert {"scalenn int8 (triton)", "bf16 F.linear", "summary"} <= variants
     assert any(r.get("variant") == "scalenn 2:4 (mma.sp)" for r in report["sparse24"])
+    packs = {r["variant"] for r in report["bucket_pack"]}  # scalenn::bucket_pack, op + Triton
+    assert {"scalenn pack->bfloat16 (cuda)", "scalenn pack->float32 (triton)"} <= packs
     assert (tmp_path / "gpu_check.md").read_text().startswith("# scalenn gpu_check")

@@ -1,5 +1,6 @@
-"""The GPU-family ops on the CPU: schemas, references, fake kernels (opcheck), torch.compile, and
-agreement of the Triton bucket kernels (interpreter) with the op references."""
+"""The GPU-family op (mma_sp24_linear) on the CPU: schema, reference, fake kernel (opcheck),
+torch.compile. (The gradient-bucket ops are covered by tests/test_bucket_ops.py and, for their
+Triton kernels, tests/test_triton_bucket_pack.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,33 +51,6 @@ def test_sparse24_linear_int8_matches_integer_reference(x_dtype):
     torch.testing.assert_close(y[good].double(), ref[good], rtol=tol, atol=tol * float(ref[good].abs().max()))
 
 
-def test_bucket_ops_reference_round_trip():
-    ts = [torch.randn(3, 5), torch.randn(0), torch.randn(70)]
-    flat = sops.bucket_pack_cast(ts, 0.5, torch.bfloat16)
-    assert torch.equal(flat, (torch.cat([t.flatten() for t in ts]) * 0.5).bfloat16())
-    outs = [torch.empty_like(t) for t in ts]
-    sops.bucket_unpack_cast(flat, outs, 2.0)
-    for t, o in zip(ts, outs):
-        torch.testing.assert_close(o, t, rtol=1e-2, atol=1e-2)
-    q, s = sops.bucket_pack_q8(ts, 1.0, chunk=32)
-    assert q.shape == (85,) and s.shape == (1 + 0 + 3,)
-    sops.bucket_unpack_q8(q, s, outs, 1.0, chunk=32)
-    for t, o in zip(ts, outs):
-        if t.numel():
-            torch.testing.assert_close(o, t, rtol=0, atol=float(t.abs().max()) / 127)
-
-
-def test_triton_bucket_kernels_equal_the_op_references():
-    pytest.importorskip("triton", reason="Triton is not installed")
-    from scalenn.kernels import bucket_pack as tb
-    ts = [torch.randn(40) * 3, torch.randn(2, 9)]
-    q_ref, s_ref = OP.bucket_pack_q8(ts, 0.25, 16)
-    q, s = tb.bucket_pack_q8(ts, 0.25, 16)
-    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
-    flat_ref = OP.bucket_pack_cast(ts, 3.0, torch.float16)
-    assert torch.equal(tb.bucket_pack_cast(ts, 3.0, torch.float16), flat_ref)
-
-
 def test_opcheck_gpu_family_ops():
     w = sparse_weight(16, 64, torch.float16)
     values, meta = sops.sparse24_pack(w)
@@ -86,12 +60,6 @@ def test_opcheck_gpu_family_ops():
     vq, mq = sops.sparse24_pack(wq)
     torch.library.opcheck(OP.mma_sp24_linear, (torch.randn(3, 64), vq, mq, torch.rand(16), None,
                                                16, "none"))
-    ts = [torch.randn(5), torch.randn(2, 3)]
-    torch.library.opcheck(OP.bucket_pack_cast, (ts, 0.5, torch.float16))
-    torch.library.opcheck(OP.bucket_unpack_cast, (torch.randn(11), [torch.empty(5), torch.empty(2, 3)], 2.0))
-    torch.library.opcheck(OP.bucket_pack_q8, (ts, 1.0, 16))
-    q, s = OP.bucket_pack_q8(ts, 1.0, 16)
-    torch.library.opcheck(OP.bucket_unpack_q8, (q, s, [torch.empty(5), torch.empty(2, 3)], 1.0, 16))
 
 
 def test_sparse24_linear_under_torch_compile():
@@ -113,7 +81,3 @@ def test_gpu_family_bad_input():
         sops.sparse24_linear(torch.ones(2, 64, dtype=torch.int32), values, meta, 16)
     with pytest.raises(ValueError, match="activation"):
         sops.sparse24_linear(torch.randn(2, 64).half(), values, meta, 16, activation="tanh")
-    with pytest.raises(TypeError, match="one float dtype"):
-        sops.bucket_pack_cast([torch.randn(2), torch.randn(2).half()], 1.0, torch.float32)
-    with pytest.raises(ValueError, match="power of two"):
-        sops.bucket_pack_q8([torch.randn(4)], 1.0, chunk=24)

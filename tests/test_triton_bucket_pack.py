@@ -1,79 +1,124 @@
-"""Triton gradient-bucket pack/unpack against torch.cat references (interpreter on CPU)."""
+"""Triton bucket kernels (kernels/bucket_pack.py) against the plain-PyTorch references of the
+scalenn::bucket_* ops (scalenn/_ops/bucket.py), bit for bit. On this CPU machine they run under
+the Triton interpreter (tests/conftest.py); on a GPU machine the same tests run on the GPU."""
 import pytest
 import torch
 
-from scalenn._ops.quantize import quantize_per_row_reference
+from scalenn._ops import bucket as ref
 
 pytest.importorskip("triton", reason="Triton is not installed")
 from scalenn.kernels import bucket_pack as tb  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-# An empty tensor, a 1-element one, chunk-exact, chunk+1 and a multi-chunk 2-D one.
-SIZES = [(0,), (1,), (32,), (33,), (5, 19)]
-CHUNK = 32  # small, so that a few hundred elements already make many programs and tails
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+# Output dtypes: the Triton interpreter casts float32 -> bfloat16 by truncation (GPUs round to
+# nearest even), so bfloat16 is checked as an output only on a GPU; as an input it is exact.
+OUT_FLOATS = FLOATS if DEVICE == "cuda" else [torch.float32, torch.float16]
+# empty, 1 element, odd sizes, one crossing a 2048-element piece boundary (several programs)
+SHAPES = [(0,), (1,), (5, 7), (2049,), (3,)]
 
 
-def make(dtype):
-    return [(torch.randn(s) * 4).to(dtype).to(DEVICE) for s in SIZES]
+def make_grads(dtypes, scale=3.0):
+    return [(torch.randn(s) * scale).to(dtypes[i % len(dtypes)]).to(DEVICE)
+            for i, s in enumerate(SHAPES)]
 
 
-@pytest.mark.parametrize("src_dtype", DTYPES)
-@pytest.mark.parametrize("buf_dtype", DTYPES)
-def test_pack_matches_cat(src_dtype, buf_dtype):
-    tensors = make(src_dtype)
-    flat = tb.bucket_pack(tensors, 0.25, buf_dtype, chunk=CHUNK)
-    ref = (torch.cat([t.cpu().float().flatten() for t in tensors]) * 0.25).to(buf_dtype)
-    assert flat.dtype == buf_dtype
-    assert torch.equal(flat.cpu(), ref)  # one fp32 multiply then one cast: bit-exact
+def cpu(ts):
+    return [t.cpu().clone() for t in ts]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_unpack_round_trip_and_scale(dtype):
-    tensors = make(dtype)
-    flat = tb.bucket_pack(tensors, 1.0, torch.float32, chunk=CHUNK)
-    outs = [torch.full_like(t, 7.0) for t in tensors]
-    tb.bucket_unpack(flat * 3.0, outs, 0.5, chunk=CHUNK)
-    for t, o in zip(tensors, outs):
-        assert torch.equal(o.cpu(), (t.cpu().float() * 3.0 * 0.5).to(dtype))
+def same(a, b):
+    """Bitwise equality, signed zeros included; NaN matches NaN whatever its payload (NVIDIA GPUs
+    return the canonical NaN from arithmetic where x86 propagates the input's)."""
+    a, b = a.cpu(), b.cpu()
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.is_floating_point():
+        nan = torch.isnan(a)
+        assert torch.equal(nan, torch.isnan(b))
+        a, b = a.masked_fill(nan, 0), b.masked_fill(nan, 0)
+        a, b = a.view(torch.int16 if a.element_size() == 2 else torch.int32), \
+            b.view(torch.int16 if b.element_size() == 2 else torch.int32)
+    assert torch.equal(a, b)
 
 
-def int8_reference(tensors, scale, chunk):
-    qs, ss = [], []
-    for t in tensors:
-        v = t.cpu().float().flatten() * scale
-        if v.numel() == 0:
-            continue
-        pad = (-v.numel()) % chunk
-        q, s = quantize_per_row_reference(torch.cat([v, v.new_zeros(pad)]).reshape(-1, chunk))
-        qs.append(q.flatten()[: v.numel()])
-        ss.append(s)
-    return torch.cat(qs), torch.cat(ss)
+@pytest.mark.parametrize("flat_dtype", OUT_FLOATS)
+def test_pack_unpack_mixed_dtypes_bit_exact(flat_dtype):
+    grads = make_grads(FLOATS)  # a bucket mixing all three grad dtypes: one launch per dtype
+    total = sum(g.numel() for g in grads)
+    flat = torch.full((total + 3,), 7.0, dtype=flat_dtype, device=DEVICE)  # tail stays 7
+    expect = flat.cpu().clone()
+    ref.bucket_pack_reference(cpu(grads), expect, 0.37)
+    tb.bucket_pack(grads, flat, 0.37)
+    same(flat, expect)
+
+    outs = [torch.full_like(g, 5.0) for g in make_grads(OUT_FLOATS)]
+    outs_ref = cpu(outs)
+    tb.bucket_unpack(flat, outs, 1.9)
+    ref.bucket_unpack_reference(flat.cpu(), outs_ref, 1.9)
+    for o, r in zip(outs, outs_ref):
+        same(o, r)
 
 
-def test_pack_int8_matches_per_chunk_reference_exactly():
-    tensors = make(torch.float32)
-    tensors[3][5] = float("nan")  # poisons chunk 0 of tensors[3] only
-    tensors[4][0, 0] = 0.0
-    q, s = tb.bucket_pack_int8(tensors, 0.5, chunk=CHUNK)
-    q_ref, s_ref = int8_reference(tensors, 0.5, CHUNK)
-    assert torch.equal(q.cpu(), q_ref)
-    torch.testing.assert_close(s.cpu(), s_ref, rtol=0, atol=0, equal_nan=True)
-    assert torch.isnan(s.cpu()).sum() == 1
+@pytest.mark.parametrize("C", [16, 37])
+def test_quantize_int8_with_error_feedback_bit_exact(C):
+    grads = make_grads([torch.float32, torch.bfloat16])
+    grads[2][1, 3] = float("nan")  # poisons one chunk only
+    total = sum(g.numel() for g in grads)
+    N = -(-total // C) + 1  # one chunk past the grads: v = residual there
+    residual = torch.randn(N * C, device=DEVICE) * 0.01
+    residual[-C:] = -0.0  # an all-zero chunk: s = 0, q = 0 (and -0.0: rint's sign of zero)
+    grads[3][:40] = -0.0
+    records = torch.full((N, C + 4), 0xAB, dtype=torch.uint8, device=DEVICE)
+    r_ref, rec_ref = residual.cpu().clone(), records.cpu().clone()
+    for step in range(2):  # the second step feeds the first one's residual back
+        tb.bucket_quantize_int8(grads, residual, records, 0.5)
+        ref.bucket_quantize_int8_reference(cpu(grads), r_ref, rec_ref, 0.5)
+        same(records, rec_ref)
+        same(residual, r_ref)
+    q, s = ref.records_split(records.cpu())
+    assert torch.isnan(s).sum() == 1 and s[-1] == 0
+    bad = int(torch.isnan(s).nonzero())
+    assert (q[bad] == 0).all() and (residual.cpu()[bad * C:(bad + 1) * C] == 0).all()
 
-    outs = [torch.empty_like(t) for t in tensors]
-    tb.bucket_unpack_int8(q, s, outs, 2.0, chunk=CHUNK)
-    for i, (t, o) in enumerate(zip(tensors, outs)):
-        if t.numel() == 0:
-            continue
-        if i == 3:
-            assert torch.isnan(o[:CHUNK].cpu()).all() and torch.isfinite(o[CHUNK:].cpu()).all()
-            continue
-        # dequantization error of symmetric int8: at most half a step of its chunk's scale
-        torch.testing.assert_close(o.cpu(), t.cpu(), rtol=0, atol=float(t.abs().max()) / 127)
+
+def random_records(W, N, C):
+    q = torch.randint(-127, 128, (W, N, C), dtype=torch.int8)
+    s = torch.rand(W, N) / 50
+    s[0, 1] = float("nan")  # a poisoned chunk of rank 0 poisons the sum of chunk 1
+    s[1 % W, 0] = 0.0
+    return torch.cat([q.view(torch.uint8), s.unsqueeze(-1).contiguous().view(torch.uint8)], -1)
 
 
-def test_chunk_table_layout():
+@pytest.mark.parametrize("W,C", [(1, 16), (3, 37)])
+def test_dequantize_sum_unpack_requantize_bit_exact(W, C):
+    N = 5
+    records = random_records(W, N, C)
+    out, out_ref = torch.empty(N * C, device=DEVICE), torch.empty(N * C)
+    tb.bucket_dequantize_sum(records.to(DEVICE), out)
+    ref.bucket_dequantize_sum_reference(records, out_ref)
+    same(out, out_ref)
+    assert torch.isnan(out.cpu()[C:2 * C]).all()
+
+    grads = [torch.empty(s, dtype=d, device=DEVICE)
+             for s, d in [((7,), torch.float16), ((0,), torch.float32), ((3, 11), torch.float32),
+                          ((N * C - 40,), OUT_FLOATS[-1])]]
+    grads_ref = cpu(grads)
+    tb.bucket_unpack_int8(records.to(DEVICE), grads)
+    ref.bucket_unpack_int8_reference(records, grads_ref)
+    for g, r in zip(grads, grads_ref):
+        same(g, r)
+
+    residual = torch.randn(N * C) * 1e-3
+    r_dev = residual.clone().to(DEVICE)
+    out_rec = torch.empty(N, C + 4, dtype=torch.uint8, device=DEVICE)
+    out_rec_ref = torch.empty(N, C + 4, dtype=torch.uint8)
+    tb.bucket_requantize_int8(records.to(DEVICE), r_dev, out_rec)
+    ref.bucket_requantize_int8_reference(records, residual, out_rec_ref)
+    same(out_rec, out_rec_ref)
+    same(r_dev, residual)
+
+
+def test_piece_table_layout():
     idx, within, flat, length = tb.chunk_table([5, 0, 8, 3], 4)
     assert idx.tolist() == [0, 0, 2, 2, 3]
     assert within.tolist() == [0, 4, 0, 4, 0]
@@ -81,17 +126,23 @@ def test_chunk_table_layout():
     assert length.tolist() == [4, 1, 4, 4, 3]
 
 
-def test_bucket_bad_input():
+def test_empty_buckets_and_bad_input():
+    flat = torch.zeros(4, device=DEVICE)
+    tb.bucket_pack([], flat, 1.0)  # nothing to do
+    tb.bucket_pack([torch.empty(0, device=DEVICE)], flat, 1.0)
+    assert (flat == 0).all()
     a = torch.randn(4, device=DEVICE)
-    with pytest.raises(TypeError, match="one float dtype"):
-        tb.bucket_pack([a, a.half()], 1.0, torch.float32)
+    with pytest.raises(TypeError, match=r"grads\[1\] must be float32"):
+        tb.bucket_pack([a, a.int()], flat, 1.0)
     with pytest.raises(ValueError, match="contiguous"):
-        tb.bucket_pack([torch.randn(3, 4, device=DEVICE).t()], 1.0, torch.float32)
-    with pytest.raises(TypeError, match="dtype"):
-        tb.bucket_pack([a], 1.0, torch.int32)
-    with pytest.raises(ValueError, match="4 elements"):
-        tb.bucket_unpack(torch.zeros(5, device=DEVICE), [a], 1.0)
-    with pytest.raises(ValueError, match="non-empty list"):
-        tb.bucket_pack([], 1.0, torch.float32)
-    with pytest.raises(ValueError, match="power of two"):
-        tb.bucket_pack([a], 1.0, torch.float32, chunk=100)
+        tb.bucket_pack([torch.randn(3, 4, device=DEVICE).t()], torch.zeros(12, device=DEVICE), 1.)
+    with pytest.raises(ValueError, match="at least the 8 elements"):
+        tb.bucket_unpack(flat, [a, a.clone()], 1.0)
+    with pytest.raises(TypeError, match="uint8"):
+        tb.bucket_quantize_int8([a], torch.zeros(16, device=DEVICE),
+                                torch.zeros(1, 20, dtype=torch.int8, device=DEVICE), 1.0)
+    with pytest.raises(ValueError, match="residual must have"):
+        tb.bucket_quantize_int8([a], torch.zeros(15, device=DEVICE),
+                                torch.zeros(1, 20, dtype=torch.uint8, device=DEVICE), 1.0)
+    with pytest.raises(ValueError, match="last dimension C \\+ 4"):
+        tb.bucket_dequantize_sum(torch.zeros(1, 2, 4, dtype=torch.uint8, device=DEVICE), flat)

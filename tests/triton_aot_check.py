@@ -73,15 +73,18 @@ def main():
         _compile("bucket pack", bucket_pack._pack_kernel,
                  {**table, "src_ref_ptr": "*fp32", "dst_ptr": "*bf16", "scale": "fp32"},
                  {"CHUNK": 2048}, arch)
-        _compile("bucket pack int8", bucket_pack._pack_int8_kernel,
-                 {**table, "src_ref_ptr": "*fp16", "q_ptr": "*i8", "qscale_ptr": "*fp32",
-                  "scale": "fp32"}, {"CHUNK": 2048}, arch)
         _compile("bucket unpack", bucket_pack._unpack_kernel,
                  {**utable, "dst_ref_ptr": "*fp32", "src_ptr": "*bf16", "scale": "fp32"},
                  {"CHUNK": 2048}, arch)
-        _compile("bucket unpack int8", bucket_pack._unpack_int8_kernel,
-                 {**utable, "dst_ref_ptr": "*bf16", "q_ptr": "*i8", "qscale_ptr": "*fp32",
-                  "scale": "fp32"}, {"CHUNK": 2048}, arch)
+        _compile("bucket accumulate", bucket_pack._accumulate_kernel,
+                 {**table, "src_ref_ptr": "*fp16", "residual_ptr": "*fp32", "scale": "fp32"},
+                 {"CHUNK": 2048}, arch)
+        _compile("bucket quantize chunks", bucket_pack._quantize_chunk_kernel,
+                 {"residual_ptr": "*fp32", "rec_q_ptr": "*i8", "rec_u8_ptr": "*u8", "C": "i32"},
+                 {"BLOCK": 1024}, arch)
+        _compile("bucket dequantize sum", bucket_pack._dequantize_sum_kernel,
+                 {"rec_q_ptr": "*i8", "rec_u8_ptr": "*u8", "out_ptr": "*fp32", "W": "i32",
+                  "stride": "i64", "C": "i32"}, {"BLOCK": 1024}, arch)
         _compile("quantize_per_row", quantize._quantize_per_row_kernel,
                  {"x_ptr": "*bf16", "q_ptr": "*i8", "scale_ptr": "*fp32", "K": "i32"},
                  {"BLOCK": 1024}, arch)

@@ -206,6 +206,17 @@ void quantize_chunk_scalar(float* r, int8_t* q, float* scale_out, int64_t C, Abs
   }
 }
 
+// The rounded value t (from an int conversion, so never -0) with x's sign: nearbyint(x) gives
+// -0 for x in [-0.5, -0], and that zero's sign reaches the residual (v - (-0)*s = +0 for
+// v = -0). OR-ing x's sign bit is a no-op for t != 0 (same sign as x), so every ISA and the
+// reference (torch.round) agree bit for bit.
+SCALENN_TARGET_AVX512 inline __m512 with_sign_of(__m512 t, __m512 x) {
+  return _mm512_or_ps(t, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
+}
+SCALENN_TARGET_AVX2 inline __m256 with_sign_of(__m256 t, __m256 x) {
+  return _mm256_or_ps(t, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)));
+}
+
 SCALENN_TARGET_AVX512 void quantize_chunk_avx512(float* r, int8_t* q, float* scale_out,
                                                  int64_t C, AbsMax m) {
   ChunkScale s = chunk_scale(m.amax, m.nonfinite);
@@ -215,19 +226,21 @@ SCALENN_TARGET_AVX512 void quantize_chunk_avx512(float* r, int8_t* q, float* sca
   int64_t j = 0;
   for (; j + 16 <= C; j += 16) {
     __m512 v = _mm512_loadu_ps(r + j);
-    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));  // MXCSR: round half to even
+    __m512 x = _mm512_mul_ps(v, inv);
+    __m512i i32 = _mm512_cvtps_epi32(x);  // MXCSR: round half to even
     // |v * inv| <= 127 (+ rounding) so saturation never changes a value; narrow in registers
     // (the memory form of vpmovsdb is microcoded on Zen).
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j), _mm512_cvtsepi32_epi8(i32));
-    __m512 lost = _mm512_mul_ps(_mm512_cvtepi32_ps(i32), sv);
+    __m512 lost = _mm512_mul_ps(with_sign_of(_mm512_cvtepi32_ps(i32), x), sv);
     _mm512_storeu_ps(r + j, _mm512_sub_ps(v, lost));
   }
   if (j < C) {
     __mmask16 k = tail_mask16(C - j);
     __m512 v = _mm512_maskz_loadu_ps(k, r + j);
-    __m512i i32 = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+    __m512 x = _mm512_mul_ps(v, inv);
+    __m512i i32 = _mm512_cvtps_epi32(x);
     _mm_mask_storeu_epi8(q + j, k, _mm512_cvtsepi32_epi8(i32));
-    __m512 lost = _mm512_mul_ps(_mm512_cvtepi32_ps(i32), sv);
+    __m512 lost = _mm512_mul_ps(with_sign_of(_mm512_cvtepi32_ps(i32), x), sv);
     _mm512_mask_storeu_ps(r + j, k, _mm512_sub_ps(v, lost));
   }
 }
@@ -241,10 +254,11 @@ SCALENN_TARGET_AVX2 void quantize_chunk_avx2(float* r, int8_t* q, float* scale_o
   int64_t j = 0;
   for (; j + 8 <= C; j += 8) {
     __m256 v = _mm256_loadu_ps(r + j);
-    __m256i i32 = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+    __m256 x = _mm256_mul_ps(v, inv);
+    __m256i i32 = _mm256_cvtps_epi32(x);
     __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(q + j), _mm_packs_epi16(i16, i16));
-    __m256 lost = _mm256_mul_ps(_mm256_cvtepi32_ps(i32), sv);
+    __m256 lost = _mm256_mul_ps(with_sign_of(_mm256_cvtepi32_ps(i32), x), sv);
     _mm256_storeu_ps(r + j, _mm256_sub_ps(v, lost));
   }
   for (; j < C; ++j) {

@@ -1,6 +1,8 @@
-// Gradient-bucket pack/unpack: one block per chunk (see bucket_kernels.h). Each thread handles
-// 4 elements per iteration spaced a block apart, so every load instruction of a warp is
-// coalesced and four are in flight per thread: a streaming copy limited by DRAM bandwidth.
+// Gradient-bucket kernels of scalenn.distributed (contracts: bucket_kernels.h). Pack/unpack: one
+// block per piece; each thread handles 4 elements per iteration spaced a block apart, so every
+// load instruction of a warp is coalesced and four are in flight per thread: a streaming copy
+// limited by DRAM bandwidth. int8: one block per chunk of C values. Explicit _rn intrinsics
+// keep nvcc from contracting a*b+c into an FMA (the contract is bit-exact to the CPU).
 #include <cfloat>
 
 #include "bucket_kernels.h"
@@ -32,7 +34,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t i = base + u * kThreads;
-      if (i < n) dst[i] = from_float<Dst>(v[u] * scale);
+      if (i < n) dst[i] = from_float<Dst>(__fmul_rn(v[u], scale));
     }
   }
 }
@@ -55,12 +57,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t i = base + u * kThreads;
-      if (i < n) dst[i] = from_float<Dst>(v[u] * scale);
+      if (i < n) dst[i] = from_float<Dst>(__fmul_rn(v[u], scale));
     }
   }
 }
 
-// Block-wide max of |v| over finite values plus an "any non-finite" flag.
+// Block-wide max of |v| over finite values plus an "any non-finite" flag (every thread gets both).
 __device__ __forceinline__ void block_amax(float& amax, int& bad) {
   __shared__ float s_max[kThreads / 32];
   __shared__ int s_bad[kThreads / 32];
@@ -84,44 +86,68 @@ __device__ __forceinline__ void block_amax(float& amax, int& bad) {
 
 template <typename Src>
 __global__ void __launch_bounds__(kThreads)
-    pack_int8_kernel(const int64_t* __restrict__ addr, const int64_t* __restrict__ off,
-                     const int64_t* __restrict__ len, int8_t* __restrict__ q,
-                     float* __restrict__ chunk_scale, float scale) {
+    accumulate_kernel(const int64_t* __restrict__ addr, const int64_t* __restrict__ off,
+                      const int64_t* __restrict__ len, float* __restrict__ residual,
+                      float scale) {
   const int64_t c = blockIdx.x;
   const Src* src = reinterpret_cast<const Src*>(addr[c]);
-  int8_t* dst = q + off[c];
+  float* r = residual + off[c];
   const int64_t n = len[c];
+  for (int64_t i = threadIdx.x; i < n; i += kThreads)
+    r[i] = __fadd_rn(__fmul_rn(to_float(src[i]), scale), r[i]);
+}
+
+// The scale of a record: 4 little-endian bytes at any alignment.
+__device__ __forceinline__ float load_record_scale(const uint8_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+                        (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+  return __uint_as_float(bits);
+}
+
+// One block per chunk of v (in residual): max |v| pass, then quantize + error feedback. The
+// second pass re-reads the chunk (C floats, L1/L2-resident).
+__global__ void __launch_bounds__(kThreads)
+    quantize_chunks_kernel(float* __restrict__ residual, uint8_t* __restrict__ records,
+                           int64_t C) {
+  const int64_t c = blockIdx.x;
+  float* r = residual + c * C;
+  uint8_t* rec = records + c * (C + 4);
   float amax = 0.f;
   int bad = 0;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const float a = fabsf(to_float(src[i]) * scale);
+  for (int64_t j = threadIdx.x; j < C; j += kThreads) {
+    const float a = fabsf(r[j]);
     bad |= !(a <= FLT_MAX);
-    if (a <= FLT_MAX) amax = fmaxf(amax, a);
+    amax = fmaxf(amax, a);  // NaN-free when it matters (bad == 0)
   }
   block_amax(amax, bad);
   const bool finite = bad == 0;
-  if (threadIdx.x == 0)
-    chunk_scale[c] = finite ? __fdiv_rn(amax, 127.f) : __int_as_float(0x7fc00000);
+  const float s = finite ? __fdiv_rn(amax, 127.f) : __int_as_float(0x7fc00000);
   const float inv = (finite && amax > 0.f) ? __fdiv_rn(127.f, amax) : 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {  // second pass hits L1/L2
-    const float v = __fmul_rn(to_float(src[i]), scale);
-    const int r = finite ? __float2int_rn(__fmul_rn(v, inv)) : 0;
-    dst[i] = static_cast<int8_t>(max(-127, min(127, r)));
+  for (int64_t j = threadIdx.x; j < C; j += kThreads) {
+    const float v = r[j];
+    float t = rintf(__fmul_rn(v, inv));  // round half to even
+    t = fminf(fmaxf(t, -127.f), 127.f);
+    rec[j] = static_cast<uint8_t>(static_cast<int8_t>(finite ? static_cast<int>(t) : 0));
+    r[j] = finite ? __fsub_rn(v, __fmul_rn(t, s)) : 0.f;
   }
+  if (threadIdx.x < 4)
+    rec[C + threadIdx.x] = static_cast<uint8_t>(__float_as_uint(s) >> (8 * threadIdx.x));
 }
 
-template <typename Dst>
 __global__ void __launch_bounds__(kThreads)
-    unpack_int8_kernel(const int64_t* __restrict__ addr, const int64_t* __restrict__ off,
-                       const int64_t* __restrict__ len, const int8_t* __restrict__ q,
-                       const float* __restrict__ chunk_scale, float scale) {
+    dequantize_sum_kernel(const uint8_t* __restrict__ records, int64_t W, int64_t N, int64_t C,
+                          float* __restrict__ out) {
   const int64_t c = blockIdx.x;
-  Dst* dst = reinterpret_cast<Dst*>(addr[c]);
-  const int8_t* src = q + off[c];
-  const float s = chunk_scale[c] * scale;
-  const int64_t n = len[c];
-  for (int64_t i = threadIdx.x; i < n; i += kThreads)
-    dst[i] = from_float<Dst>(static_cast<float>(src[i]) * s);
+  const int64_t stride = N * (C + 4);
+  for (int64_t j = threadIdx.x; j < C; j += kThreads) {
+    float acc = 0.f;
+    const uint8_t* rec = records + c * (C + 4);
+    for (int64_t w = 0; w < W; ++w, rec += stride) {
+      const float q = static_cast<float>(static_cast<int8_t>(rec[j]));
+      acc = __fadd_rn(acc, __fmul_rn(q, load_record_scale(rec + C)));
+    }
+    out[c * C + j] = acc;
+  }
 }
 
 bool grid_ok(int64_t n_chunks) { return n_chunks > 0 && n_chunks <= INT32_MAX; }
@@ -168,29 +194,30 @@ cudaError_t launch_bucket_unpack(int flat_kind, int dst_kind, const int64_t* add
   });
 }
 
-cudaError_t launch_bucket_pack_int8(int src_kind, const int64_t* addr, const int64_t* off,
-                                    const int64_t* len, int64_t n_chunks, int8_t* q,
-                                    float* chunk_scale, float scale, cudaStream_t stream) {
-  if (!grid_ok(n_chunks)) return n_chunks == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
+cudaError_t launch_bucket_accumulate(int src_kind, const int64_t* addr, const int64_t* off,
+                                     const int64_t* len, int64_t n_pieces, float* residual,
+                                     float scale, cudaStream_t stream) {
+  if (!grid_ok(n_pieces)) return n_pieces == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
   return with_kind(src_kind, [&](auto src_tag) {
     using S = decltype(src_tag);
-    pack_int8_kernel<S><<<static_cast<unsigned>(n_chunks), kThreads, 0, stream>>>(
-        addr, off, len, q, chunk_scale, scale);
+    accumulate_kernel<S><<<static_cast<unsigned>(n_pieces), kThreads, 0, stream>>>(
+        addr, off, len, residual, scale);
     return cudaGetLastError();
   });
 }
 
-cudaError_t launch_bucket_unpack_int8(int dst_kind, const int64_t* addr, const int64_t* off,
-                                      const int64_t* len, int64_t n_chunks, const int8_t* q,
-                                      const float* chunk_scale, float scale,
-                                      cudaStream_t stream) {
-  if (!grid_ok(n_chunks)) return n_chunks == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
-  return with_kind(dst_kind, [&](auto dst_tag) {
-    using D = decltype(dst_tag);
-    unpack_int8_kernel<D><<<static_cast<unsigned>(n_chunks), kThreads, 0, stream>>>(
-        addr, off, len, q, chunk_scale, scale);
-    return cudaGetLastError();
-  });
+cudaError_t launch_bucket_quantize_chunks(float* residual, uint8_t* records, int64_t N, int64_t C,
+                                          cudaStream_t stream) {
+  if (!grid_ok(N) || C < 1) return N == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
+  quantize_chunks_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(residual, records, C);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_bucket_dequantize_sum(const uint8_t* records, int64_t W, int64_t N, int64_t C,
+                                         float* out, cudaStream_t stream) {
+  if (!grid_ok(N) || C < 1) return N == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
+  dequantize_sum_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(records, W, N, C, out);
+  return cudaGetLastError();
 }
 
 }  // namespace scalenn::cuda

@@ -28,10 +28,10 @@ _TRITON_OPS = {
     "scalenn::int8_linear": ("int8_linear", "int8_linear"),
     "scalenn::bucket_pack": ("bucket_pack", "bucket_pack"),
     "scalenn::bucket_unpack": ("bucket_pack", "bucket_unpack"),
-    "scalenn::bucket_pack_cast": ("bucket_pack", "bucket_pack_cast"),
-    "scalenn::bucket_unpack_cast": ("bucket_pack", "bucket_unpack_cast"),
-    "scalenn::bucket_pack_q8": ("bucket_pack", "bucket_pack_q8"),
-    "scalenn::bucket_unpack_q8": ("bucket_pack", "bucket_unpack_q8"),
+    "scalenn::bucket_quantize_int8": ("bucket_pack", "bucket_quantize_int8"),
+    "scalenn::bucket_dequantize_sum": ("bucket_pack", "bucket_dequantize_sum"),
+    "scalenn::bucket_unpack_int8": ("bucket_pack", "bucket_unpack_int8"),
+    "scalenn::bucket_requantize_int8": ("bucket_pack", "bucket_requantize_int8"),
 }
 
 
