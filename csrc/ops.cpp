@@ -21,6 +21,18 @@ TORCH_LIBRARY(scalenn, m) {
   m.def("quantize_per_row(Tensor x) -> (Tensor, Tensor)");
   // q [rows, K] int8, scale [rows] float32 -> q * scale[:, None] as `dtype`.
   m.def("dequantize_per_row(Tensor q, Tensor scale, ScalarType dtype) -> Tensor");
+
+  // ---- sparse (issue 4): sparse weight [out_features, in_features] x dense activations ----
+  // Layouts ("csr", "bsr:RxC", "nm:N:M") and their tensors: csrc/cpu/sparse_kernels.h.
+  // y [M, out_features] = x [M, in_features] @ W^T (+ bias); float32.
+  m.def("sparse_linear(Tensor x, Tensor values, Tensor indices, Tensor offsets, Tensor? bias, "
+        "str layout, int out_features) -> Tensor");
+  // grad_x [M, in_features] = grad_y [M, out_features] @ W.
+  m.def("sparse_linear_grad_input(Tensor grad_y, Tensor values, Tensor indices, Tensor offsets, "
+        "str layout, int in_features) -> Tensor");
+  // Gradient with respect to the stored values only (shape of values): sum_m grad_y[m,n] x[m,k].
+  m.def("sparse_linear_grad_values(Tensor grad_y, Tensor x, Tensor values, Tensor indices, "
+        "Tensor offsets, str layout) -> Tensor");
 }
 
 namespace {

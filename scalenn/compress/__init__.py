@@ -1,0 +1,1 @@
+"""Model compression recipes: pruning (prune.py, schedule.py), sparse layouts, sparsify."""
