@@ -73,3 +73,6 @@ def dequantize_per_row(q: torch.Tensor, scale: torch.Tensor,
     y = torch.ops.scalenn.dequantize_per_row(q.reshape(-1, q.shape[-1]),
                                              scale.reshape(-1).contiguous(), dtype)
     return y.reshape(q.shape)
+
+
+from .ops_sparse import sparse_linear  # noqa: E402,F401  (sparse family, issue 4)

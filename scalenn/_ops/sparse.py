@@ -10,24 +10,28 @@ FMA; results agree with the float64 reference to float32 rounding of the sums.
 """
 import torch
 
-from ..compress.sparse_format import dense_index, unpack
+
+def _fmt():
+    # Imported lazily: scalenn.compress imports the modules that import this file.
+    from ..compress import sparse_format
+    return sparse_format
 
 
 def sparse_linear_reference(x, values, indices, offsets, bias, layout: str, out_features: int):
-    w = unpack(values, indices, offsets, layout, out_features, x.shape[1])
+    w = _fmt().unpack(values, indices, offsets, layout, out_features, x.shape[1])
     y = x @ w.to(x.dtype).t()
     return y + bias.to(y.dtype) if bias is not None else y
 
 
 def sparse_linear_grad_input_reference(grad_y, values, indices, offsets, layout: str,
                                        in_features: int):
-    w = unpack(values, indices, offsets, layout, grad_y.shape[1], in_features)
+    w = _fmt().unpack(values, indices, offsets, layout, grad_y.shape[1], in_features)
     return grad_y @ w.to(grad_y.dtype)
 
 
 def sparse_linear_grad_values_reference(grad_y, x, values, indices, offsets, layout: str):
     out_f, in_f = grad_y.shape[1], x.shape[1]
-    flat = dense_index(indices, offsets, layout, out_f, in_f, values.numel())
+    flat = _fmt().dense_index(indices, offsets, layout, out_f, in_f, values.numel())
     gw = (grad_y.t() @ x).reshape(-1)
     return gw[flat].reshape(values.shape).to(values.dtype)
 
