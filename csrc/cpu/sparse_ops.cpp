@@ -178,10 +178,10 @@ const float* optional_bias(const std::optional<at::Tensor>& bias, int64_t N) {
 at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
                              const at::Tensor& indices, const at::Tensor& offsets,
                              const std::optional<at::Tensor>& bias, std::string_view layout,
-                             int64_t out_features) {
+                             int64_t out_features, int64_t in_features) {
   TORCH_CHECK_VALUE(x.dim() == 2, "sparse_linear: x must be 2-D [batch, in_features], got shape ",
                     x.sizes());
-  const int64_t M = x.size(0), K = x.size(1), N = out_features;
+  const int64_t M = x.size(0), K = in_features, N = out_features;
   const SparseWeight w = describe(std::string(layout), values, indices, offsets, N, K);
   check_activation(x, "sparse_linear: x", K, "in_features");
   check_same_device(x, values, "sparse_linear: x", "values");
@@ -246,10 +246,11 @@ at::Tensor sparse_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tens
 
 at::Tensor sparse_linear_grad_values_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                          const at::Tensor& values, const at::Tensor& indices,
-                                         const at::Tensor& offsets, std::string_view layout) {
+                                         const at::Tensor& offsets, std::string_view layout,
+                                         int64_t in_features) {
   TORCH_CHECK_VALUE(grad_y.dim() == 2 && x.dim() == 2, "sparse_linear_grad_values: grad_y and x "
                     "must be 2-D, got shapes ", grad_y.sizes(), " and ", x.sizes());
-  const int64_t M = x.size(0), N = grad_y.size(1), K = x.size(1);
+  const int64_t M = x.size(0), N = grad_y.size(1), K = in_features;
   const SparseWeight w = describe(std::string(layout), values, indices, offsets, N, K);
   check_activation(x, "sparse_linear_grad_values: x", K, "in_features");
   check_activation(grad_y, "sparse_linear_grad_values: grad_y", N, "out_features");

@@ -17,8 +17,13 @@ def _fmt():
     return sparse_format
 
 
-def sparse_linear_reference(x, values, indices, offsets, bias, layout: str, out_features: int):
-    w = _fmt().unpack(values, indices, offsets, layout, out_features, x.shape[1])
+def sparse_linear_reference(x, values, indices, offsets, bias, layout: str, out_features: int,
+                            in_features: int = None):
+    in_features = x.shape[1] if in_features is None else in_features
+    if x.shape[1] != in_features:
+        raise ValueError(f"sparse_linear: x must have in_features = {in_features} columns, got "
+                         f"{x.shape[1]}")
+    w = _fmt().unpack(values, indices, offsets, layout, out_features, in_features)
     y = x @ w.to(x.dtype).t()
     return y + bias.to(y.dtype) if bias is not None else y
 
@@ -29,7 +34,8 @@ def sparse_linear_grad_input_reference(grad_y, values, indices, offsets, layout:
     return grad_y @ w.to(grad_y.dtype)
 
 
-def sparse_linear_grad_values_reference(grad_y, x, values, indices, offsets, layout: str):
+def sparse_linear_grad_values_reference(grad_y, x, values, indices, offsets, layout: str,
+                                        in_features: int = None):
     out_f, in_f = grad_y.shape[1], x.shape[1]
     flat = _fmt().dense_index(indices, offsets, layout, out_f, in_f, values.numel())
     gw = (grad_y.t() @ x).reshape(-1)
@@ -37,8 +43,10 @@ def sparse_linear_grad_values_reference(grad_y, x, values, indices, offsets, lay
 
 
 @torch.library.register_fake("scalenn::sparse_linear")
-def _sparse_linear_fake(x, values, indices, offsets, bias, layout, out_features):
+def _sparse_linear_fake(x, values, indices, offsets, bias, layout, out_features, in_features):
     torch._check(x.dim() == 2, lambda: f"sparse_linear: x must be 2-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == in_features,
+                 lambda: f"sparse_linear: x must have {in_features} columns, got {x.shape[1]}")
     return x.new_empty((x.shape[0], out_features))
 
 
@@ -48,14 +56,14 @@ def _sparse_linear_grad_input_fake(grad_y, values, indices, offsets, layout, in_
 
 
 @torch.library.register_fake("scalenn::sparse_linear_grad_values")
-def _sparse_linear_grad_values_fake(grad_y, x, values, indices, offsets, layout):
+def _sparse_linear_grad_values_fake(grad_y, x, values, indices, offsets, layout, in_features):
     return torch.empty_like(values)
 
 
 def _setup_context(ctx, inputs, output):
-    x, values, indices, offsets, bias, layout, out_features = inputs
+    x, values, indices, offsets, bias, layout, out_features, in_features = inputs
     ctx.layout = layout
-    ctx.in_features = x.shape[1]
+    ctx.in_features = in_features
     ctx.has_bias = bias is not None
     saved_x = x if ctx.needs_input_grad[1] else None
     ctx.save_for_backward(saved_x, values, indices, offsets)
@@ -70,10 +78,10 @@ def _backward(ctx, grad_y):
                                                         ctx.layout, ctx.in_features)
     if ctx.needs_input_grad[1]:
         gv = torch.ops.scalenn.sparse_linear_grad_values(grad_y, x, values, indices, offsets,
-                                                         ctx.layout)
+                                                         ctx.layout, ctx.in_features)
     if ctx.has_bias and ctx.needs_input_grad[4]:
         gb = grad_y.sum(dim=0)
-    return gx, gv, None, None, gb, None, None
+    return gx, gv, None, None, gb, None, None, None
 
 
 torch.library.register_autograd("scalenn::sparse_linear", _backward, setup_context=_setup_context)

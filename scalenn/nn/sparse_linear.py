@@ -114,7 +114,7 @@ class SparseLinear(nn.Module):
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sparse_linear(x, self.values, self.indices, self.offsets, self.bias, self.layout,
-                             self.out_features)
+                             self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
