@@ -59,7 +59,7 @@ def _shrunk_linear(old: nn.Linear, rows=None, cols=None) -> nn.Linear:
         new.weight.copy_(w)
         if b is not None:
             new.bias.copy_(b)
-    return new
+    return new.train(old.training)
 
 
 def _shrunk_conv(old: nn.Conv2d, rows=None, cols=None) -> nn.Conv2d:
@@ -78,7 +78,7 @@ def _shrunk_conv(old: nn.Conv2d, rows=None, cols=None) -> nn.Conv2d:
         new.weight.copy_(w)
         if b is not None:
             new.bias.copy_(b)
-    return new
+    return new.train(old.training)
 
 
 def _shrunk_norm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
@@ -92,7 +92,7 @@ def _shrunk_norm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
             new.running_mean.copy_(old.running_mean[keep])
             new.running_var.copy_(old.running_var[keep])
             new.num_batches_tracked.copy_(old.num_batches_tracked)
-    return new
+    return new.train(old.training)
 
 
 def prune_channels(model: nn.Module, sparsity: float, filter: LayerFilter = None) -> PruneReport:
