@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..nn.swap import LayerFilter, named_modules_of_type
+from ..nn.swap import LayerFilter, make_filter, named_modules_of_type
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
 # Attribute left on a pruned layer (it survives remove_masks) so sparsify knows the pattern.
@@ -187,6 +187,10 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, pattern: str) -> None:
 
 
 def prunable_layers(model: nn.Module, filter: LayerFilter = None) -> List[Tuple[str, nn.Module]]:
+    """(name, layer) of the Linear/Conv2d layers passing `filter`; a bare layer is its own
+    only layer (name "")."""
+    if isinstance(model, PRUNABLE):
+        return [("", model)] if make_filter(filter)(model, "") else []
     return [(n, m) for n, m in named_modules_of_type(model, PRUNABLE, filter)]
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import _C
-from ..nn.swap import LayerFilter, named_modules_of_type, replace_module
+from ..nn.swap import LayerFilter, make_filter, named_modules_of_type, replace_module
 from .prune import PATTERN_ATTR, current_mask, parse_pattern
 
 DEFAULT_BATCH_SIZES = (1, 16, 128, 1024)
@@ -118,6 +118,13 @@ def sparsify(model: nn.Module, filter: LayerFilter = None, force: bool = False,
     if any((not isinstance(b, int)) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
     report = SparsifyReport()
+    if isinstance(model, nn.Linear):  # a bare layer: the converted module is returned
+        holder = nn.Sequential(model)
+        _, report = sparsify(holder, lambda m, n: make_filter(filter)(m, ""), force, batch_sizes,
+                             min_sparsity)
+        for e in report.layers:
+            e.name = ""
+        return holder[0], report
     for name, module in list(named_modules_of_type(model, nn.Linear, filter)):
         weight = module.weight.detach()
         mask = current_mask(module)
