@@ -108,7 +108,9 @@ int64_t sparse_vector_width(CpuIsa isa) {
 
 int64_t sparse_panel_width(CpuIsa isa, int64_t M) {
   const int64_t vw = sparse_vector_width(isa);
-  const int64_t nv = std::clamp<int64_t>((M + vw - 1) / vw, 1, 4);
+  // 4 chains x NV accumulators must fit the register file: 32 zmm allow NV = 4, 16 ymm NV = 2.
+  const int64_t max_nv = isa == CpuIsa::avx2 ? 2 : 4;
+  const int64_t nv = std::clamp<int64_t>((M + vw - 1) / vw, 1, max_nv);
   return nv * vw;
 }
 

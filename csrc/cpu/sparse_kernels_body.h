@@ -57,40 +57,50 @@ SN_TARGET static inline float sfma(float a, float b, float c) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Generic panel forward: acc[t] += value * panel[col][t], two interleaved FMA chains (even and
-// odd elements) for latency hiding, summed at the end.
+// Generic panel forward: acc[t] += value * panel[col][t]. Elements are dealt round-robin to
+// kChains independent FMA chains (latency hiding when a row's accumulator is a single vector),
+// combined as (c0 + c1) + (c2 + c3) at the end; every ISA uses the same chains, so the result
+// is bit-identical across ISAs.
+constexpr int kChains = 4;
+
+template <int NV>
+SN_TARGET static inline void store_chains(vf (&a)[kChains][NV], float* tmp) {
+  for (int i = 0; i < NV; ++i)
+    vstore(tmp + i * VW, vadd(vadd(a[0][i], a[1][i]), vadd(a[2][i], a[3][i])));
+}
+
 template <int NV, class D>
 SN_TARGET static void fwd_panel_rows(const D& d, const float* panel, int64_t P, int64_t m0,
                                      int64_t mvalid, const float* bias, float* y, int64_t N,
                                      int64_t n0, int64_t n1) {
   alignas(64) float tmp[NV * VW];
   for (int64_t n = n0; n < n1; ++n) {
-    vf a0[NV], a1[NV];
-    for (int i = 0; i < NV; ++i) a0[i] = a1[i] = vzero();
+    vf a[kChains][NV];
+    for (int c = 0; c < kChains; ++c)
+      for (int i = 0; i < NV; ++i) a[c][i] = vzero();
     const int64_t jb = d.begin(n), je = d.end(n);
     int64_t j = jb;
-    for (; j + 1 < je; j += 2) {
-      const vf w0 = vset1(d.value(n, j)), w1 = vset1(d.value(n, j + 1));
-      const float* x0 = panel + d.col(n, j) * P;
-      const float* x1 = panel + d.col(n, j + 1) * P;
-      for (int i = 0; i < NV; ++i) {
-        a0[i] = vfma(w0, vload(x0 + i * VW), a0[i]);
-        a1[i] = vfma(w1, vload(x1 + i * VW), a1[i]);
+    for (; j + kChains <= je; j += kChains) {
+      for (int c = 0; c < kChains; ++c) {
+        const vf w = vset1(d.value(n, j + c));
+        const float* xr = panel + d.col(n, j + c) * P;
+        for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
       }
     }
-    if (j < je) {
-      const vf w0 = vset1(d.value(n, j));
-      const float* x0 = panel + d.col(n, j) * P;
-      for (int i = 0; i < NV; ++i) a0[i] = vfma(w0, vload(x0 + i * VW), a0[i]);
+    for (int c = 0; j < je; ++j, ++c) {
+      const vf w = vset1(d.value(n, j));
+      const float* xr = panel + d.col(n, j) * P;
+      for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
     }
-    for (int i = 0; i < NV; ++i) vstore(tmp + i * VW, vadd(a0[i], a1[i]));
+    store_chains<NV>(a, tmp);
     const float b = bias ? bias[n] : 0.0f;
     for (int64_t t = 0; t < mvalid; ++t) y[(m0 + t) * N + n] = tmp[t] + b;
   }
 }
 
 // Block panel forward: one output row r of a block row at a time; the block's C consecutive
-// panel rows are read without any per-element index.
+// panel rows are read without any per-element index. Same chain discipline as above, with the
+// chain chosen by the element's position in the row.
 template <int NV>
 SN_TARGET static void fwd_panel_bsr(const SparseWeight& w, const float* panel, int64_t P,
                                     int64_t m0, int64_t mvalid, const float* bias, float* y,
@@ -100,25 +110,31 @@ SN_TARGET static void fwd_panel_bsr(const SparseWeight& w, const float* panel, i
   alignas(64) float tmp[NV * VW];
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t r = 0; r < R; ++r) {
-      vf a0[NV], a1[NV];
-      for (int i = 0; i < NV; ++i) a0[i] = a1[i] = vzero();
+      vf a[kChains][NV];
+      for (int c = 0; c < kChains; ++c)
+        for (int i = 0; i < NV; ++i) a[c][i] = vzero();
+      int chain = 0;
       for (int64_t b = w.offsets[g]; b < w.offsets[g + 1]; ++b) {
         const float* v = w.values + (b * R + r) * C;
         const float* xb = panel + static_cast<int64_t>(bcol[b]) * C * P;
-        int64_t c = 0;
-        for (; c + 1 < C; c += 2) {
-          const vf w0 = vset1(v[c]), w1 = vset1(v[c + 1]);
-          for (int i = 0; i < NV; ++i) {
-            a0[i] = vfma(w0, vload(xb + c * P + i * VW), a0[i]);
-            a1[i] = vfma(w1, vload(xb + (c + 1) * P + i * VW), a1[i]);
+        if (C % kChains == 0) {
+          for (int64_t c = 0; c < C; c += kChains) {
+            for (int u = 0; u < kChains; ++u) {
+              const vf wv = vset1(v[c + u]);
+              for (int i = 0; i < NV; ++i)
+                a[u][i] = vfma(wv, vload(xb + (c + u) * P + i * VW), a[u][i]);
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            const vf wv = vset1(v[c]);
+            for (int i = 0; i < NV; ++i)
+              a[chain][i] = vfma(wv, vload(xb + c * P + i * VW), a[chain][i]);
+            chain = (chain + 1) & (kChains - 1);
           }
         }
-        if (c < C) {
-          const vf w0 = vset1(v[c]);
-          for (int i = 0; i < NV; ++i) a0[i] = vfma(w0, vload(xb + c * P + i * VW), a0[i]);
-        }
       }
-      for (int i = 0; i < NV; ++i) vstore(tmp + i * VW, vadd(a0[i], a1[i]));
+      store_chains<NV>(a, tmp);
       const int64_t n = g * R + r;
       const float b = bias ? bias[n] : 0.0f;
       for (int64_t t = 0; t < mvalid; ++t) y[(m0 + t) * N + n] = tmp[t] + b;
