@@ -72,8 +72,8 @@ def assert_close_f64(got, ref, K):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("M,N,K", [(1, 8, 48), (4, 7, 50), (5, 16, 96), (17, 20, 48),
-                                   (64, 9, 33), (130, 24, 144)])
+@pytest.mark.parametrize("M,N,K", [(1, 8, 48), (3, 12, 96), (4, 7, 50), (5, 16, 96),
+                                   (17, 20, 48), (64, 9, 33), (130, 24, 144)])
 def test_matches_reference_every_isa(isa, layout, M, N, K):
     p, N, K = make(layout, N, K)
     x, gy, bias = torch.randn(M, K), torch.randn(M, N), torch.randn(N)
@@ -84,14 +84,14 @@ def test_matches_reference_every_isa(isa, layout, M, N, K):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("M,K", [(1, 96), (3, 96), (9, 96), (40, 96), (70, 96), (70, 1100)])
-def test_identical_across_isas(layout, M, K):
-    """Panel forward (M > 4; K-tiled at K = 1100) and grad_input accumulate each output with
-    the same ordered FMA chains on every ISA: results are bit-identical."""
+@pytest.mark.parametrize("M", [1, 3, 9, 40, 70])
+def test_identical_across_isas(layout, M):
+    """Panel forward (M > 4) and grad_input accumulate each output with the same ordered FMA
+    chain on every ISA: results are bit-identical."""
     isas = supported_isas()
     if len(isas) < 2:
         pytest.skip("only one ISA level on this CPU")
-    p, N, K = make(layout, 24, K)
+    p, N, K = make(layout, 24, 96)
     x, gy = torch.randn(M, K), torch.randn(M, N)
     prev = _C.current_isa()
     outs = {}

@@ -46,13 +46,6 @@ struct SparseWeight {
 // Batches up to this size use the direct (row-major x) kernels.
 constexpr int64_t kDirectMaxM = 4;
 
-// Panel rows per K tile of the tiled csr/nm panel kernel, and when it is used: a function of
-// K and M only (not of the ISA's panel width), so every ISA sums in the same order.
-constexpr int64_t kKTile = 128;
-inline bool sparse_panel_k_tiled(int64_t K, int64_t M) {
-  return K * (M < 64 ? M : 64) > 65536;
-}
-
 // float lanes per vector at `isa` (16, 8, 1); panels are a multiple of it.
 int64_t sparse_vector_width(CpuIsa isa);
 // Panel width for a batch of M at `isa`: up to 4 vectors, no wider than M needs.

@@ -98,55 +98,6 @@ SN_TARGET static void fwd_panel_rows(const D& d, const float* panel, int64_t P, 
   }
 }
 
-// K-tiled panel forward for wide panels: the panel ([K][P], up to 1 MiB) does not stay in L1
-// or even L2 next to the streaming weights, so each part of rows walks K in tiles of kKTile
-// panel rows (32 KiB at P = 64) and keeps one partial sum per row. Each row remembers where it
-// stopped (its columns ascend), so no per-tile index is needed. Per tile the chains restart and
-// their sum is added to the row's partial: deterministic and the same on every ISA.
-template <int NV, class D>
-SN_TARGET static void fwd_panel_rows_tiled(const D& d, const float* panel, int64_t P, int64_t m0,
-                                           int64_t mvalid, const float* bias, float* y,
-                                           int64_t N, int64_t K, int64_t n0, int64_t n1) {
-  const int64_t rows = n1 - n0;
-  std::vector<int64_t> cur(static_cast<size_t>(rows));
-  std::vector<float> part(static_cast<size_t>(rows * NV * VW), 0.0f);
-  for (int64_t r = 0; r < rows; ++r) cur[r] = d.begin(n0 + r);
-  for (int64_t kt = 0; kt < K; kt += kKTile) {
-    const int64_t kend = std::min(K, kt + kKTile);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t n = n0 + r;
-      vf a[kChains][NV];
-      for (int c = 0; c < kChains; ++c)
-        for (int i = 0; i < NV; ++i) a[c][i] = vzero();
-      int64_t j = cur[r];
-      const int64_t je = d.end(n);
-      for (; j + kChains <= je && d.col(n, j + kChains - 1) < kend; j += kChains) {
-        for (int c = 0; c < kChains; ++c) {
-          const vf w = vset1(d.value(n, j + c));
-          const float* xr = panel + d.col(n, j + c) * P;
-          for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
-        }
-      }
-      for (int c = 0; j < je && d.col(n, j) < kend; ++j, ++c) {
-        const vf w = vset1(d.value(n, j));
-        const float* xr = panel + d.col(n, j) * P;
-        for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
-      }
-      cur[r] = j;
-      float* pr = part.data() + r * NV * VW;
-      for (int i = 0; i < NV; ++i)
-        vstore(pr + i * VW, vadd(vload(pr + i * VW),
-                                 vadd(vadd(a[0][i], a[1][i]), vadd(a[2][i], a[3][i]))));
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = n0 + r;
-    const float b = bias ? bias[n] : 0.0f;
-    const float* pr = part.data() + r * NV * VW;
-    for (int64_t t = 0; t < mvalid; ++t) y[(m0 + t) * N + n] = pr[t] + b;
-  }
-}
-
 // Block panel forward: one output row r of a block row at a time; the block's C consecutive
 // panel rows are read without any per-element index. Same chain discipline as above, with the
 // chain chosen by the element's position in the row.
@@ -205,8 +156,6 @@ SN_TARGET static void fwd_panels_dispatch(const D& d, const SparseWeight& w, con
   case NVC:                                                                                  \
     if (w.kind == SparseLayoutKind::bsr)                                                     \
       fwd_panel_bsr<NVC>(w, panel, P, m0, mvalid, bias, y, g0, g1);                          \
-    else if (sparse_panel_k_tiled(K, M))                                                     \
-      fwd_panel_rows_tiled<NVC>(d, panel, P, m0, mvalid, bias, y, w.N, K, g0, g1);           \
     else                                                                                     \
       fwd_panel_rows<NVC>(d, panel, P, m0, mvalid, bias, y, w.N, g0, g1);                    \
     break;
