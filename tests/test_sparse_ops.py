@@ -245,7 +245,7 @@ def test_gradcheck_float64_reference_path(layout):
     assert torch.autograd.gradcheck(fn, (x, values, bias))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", ["csr", "bsr:2x3", "nm:2:4", "nm:1:3"])
 @pytest.mark.parametrize("M", [2, 33])
 def test_kernel_autograd_matches_reference_autograd(isa, layout, M):
     """Backward through the kernels = backward of the float64 reference: gradients reach x, the
