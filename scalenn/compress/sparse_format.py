@@ -68,6 +68,8 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], layout: str) -> Pac
         raise ValueError(f"mask shape {tuple(keep.shape)} does not match weight {tuple(w.shape)}")
     w = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
     kind, a, b = parse_layout(layout)
+    if int(keep.count_nonzero()) >= 2 ** 31:
+        raise ValueError("pack: more than 2**31 - 1 kept weights; the layouts use int32 offsets")
     out_f, in_f = w.shape
     if kind == "csr":
         rows, cols = keep.nonzero(as_tuple=True)  # row-major order: columns ascending per row
@@ -152,9 +154,9 @@ def unpack(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, l
     """The dense [out_features, in_features] weight (differentiable with respect to values)."""
     flat = dense_index(indices, offsets, layout, out_features, in_features, values.numel())
     dense = values.new_zeros(out_features * in_features)
-    # index_put with accumulate so that explicit zero padding (nm) can share no slot wrongly;
-    # positions are unique in a valid layout.
-    dense = dense.index_put((flat,), values.reshape(-1), accumulate=True)
+    # Positions are unique in a valid layout, so this is a plain scatter (differentiable wrt
+    # values: the gradient of each stored value is the dense gradient at its position).
+    dense = dense.index_put((flat,), values.reshape(-1))
     return dense.view(out_features, in_features)
 
 
