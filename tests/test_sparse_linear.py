@@ -141,3 +141,25 @@ def test_sparsify_keeps_outputs_and_reports_choice():
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
     assert "sparsify" in str(report)
+
+
+def test_dense_from_batch_switch(tmp_path):
+    lin, mask = masked_linear("nm:2:4")
+    sp = SparseLinear.from_dense(lin, mask, "nm:2:4")
+    big = SparseLinear.from_config({**sp.compression_config(), "dense_from_batch": 8})
+    big.load_state_dict(sp.state_dict())
+    assert "dense_from_batch=8" in repr(big)
+    for shape in ((3, 64), (8, 64), (2, 5, 64)):
+        x = torch.randn(*shape)
+        torch.testing.assert_close(big(x), sp(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(16, 64)
+    big(x).sum().backward()
+    sp(x).sum().backward()
+    torch.testing.assert_close(big.values.grad, sp.values.grad, rtol=1e-4, atol=1e-4)
+    model = nn.Sequential(big)
+    path = str(tmp_path / "b.safetensors")
+    scalenn.save(model, path)
+    fresh = scalenn.load(nn.Sequential(nn.Linear(64, 32)), path)
+    assert fresh[0].dense_from_batch == 8
+    with pytest.raises(ValueError, match="dense_from_batch"):
+        SparseLinear(4, 4, dense_from_batch=0)

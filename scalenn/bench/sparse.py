@@ -134,8 +134,11 @@ def run(args) -> harness.Report:
                     label = pattern_label(pattern, s)
                     sc = med[f"scalenn {label}"]
                     peer = med.get(peers.get(label, ""), None)
-                    choice = choices[(pattern, s)].choice
-                    auto = sc if choice == "sparse" else med["dense fp32"]
+                    entry = choices[(pattern, s)]
+                    dense_from = _dense_from(entry)
+                    sparse_here = entry.choice == "sparse" and (dense_from is None or M < dense_from)
+                    choice = "sparse" if sparse_here else "dense"
+                    auto = sc if sparse_here else med["dense fp32"]
                     if label in unsupported:
                         label = label + " (peer: CSR, torch BSR rejects non-square blocks)"
                     report.add(shape=f"{K}->{N}", threads=threads, M=M, pattern=label,
@@ -150,13 +153,23 @@ def run(args) -> harness.Report:
         "x_vs_torch_sparse = torch.sparse.mm median (CSR int32 indices for unstructured/2:4, "
         "BSR int32 for blocks) / scalenn median",
         "torch CSR at M=1024 for 50%/75% unstructured and 2:4 is skipped (seconds per call)",
-        "auto = the choice scalenn.sparsify made for the layer from its own calibration "
+        "auto = what the layer scalenn.sparsify built runs at this M (sparse kernel, or dense: "
+        "layer kept dense, or dense matmul from its dense_from_batch on), from sparsify's own "
+        "calibration "
         f"(batch sizes {list(DEFAULT_BATCH_SIZES)}), made before this run; auto_x_vs_fp32 uses "
         "this run's times of that choice",
         "weights rotated from memory (harness.copies_for); activations reused (in cache)",
     ]
     report.plot = _plot
     return report
+
+
+def _dense_from(entry):
+    """The batch size from which sparsify's layer runs dense (None: never), from its report."""
+    marker = "dense matmul on the unpacked weight from batch "
+    if marker in entry.reason:
+        return int(entry.reason.split(marker)[1].split()[0])
+    return None
 
 
 def _no_grad(mod, x):

@@ -153,16 +153,28 @@ def sparsify(model: nn.Module, filter: LayerFilter = None, force: bool = False,
         sparse = SparseLinear.from_dense(plain, keep, layout)
         entry.density = sparse.density
         slower = []
-        for b in batch_sizes:
-            td, ts = calibrate(plain, sparse, int(b))
-            entry.speedup[int(b)] = td / ts
+        for b in sorted(int(b) for b in batch_sizes):
+            td, ts = calibrate(plain, sparse, b)
+            entry.speedup[b] = td / ts
             if ts > td:
-                slower.append(int(b))
-        if slower and not force:
-            entry.reason = f"sparse kernel slower than dense at batch {slower}"
-            _bake(module)
-            continue
-        entry.choice = "sparse"
-        entry.reason = "forced" if (force and slower) else "faster or equal at every batch size"
+                slower.append(b)
+        if force:
+            entry.choice, entry.reason = "sparse", "forced" if slower else \
+                "faster or equal at every batch size"
+        elif not slower:
+            entry.choice, entry.reason = "sparse", "faster or equal at every batch size"
+        else:
+            # Sparse loses only from some batch size on (the usual shape: its advantage is in
+            # bytes, dense's in FLOP/s): keep it packed, run batches from there on as dense.
+            first = slower[0]
+            if all(b in slower for b in entry.speedup if b >= first) and first > min(entry.speedup):
+                sparse.dense_from_batch = first
+                entry.choice = "sparse"
+                entry.reason = f"sparse below batch {first}, dense matmul on the unpacked " \
+                               f"weight from batch {first} on"
+            else:
+                entry.reason = f"sparse kernel slower than dense at batch {slower}"
+                _bake(module)
+                continue
         replace_module(model, name, sparse)
     return model, report

@@ -42,7 +42,7 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, layout: str = "csr",
                  stored: int = 0, bias: bool = True, index_dtype: Optional[torch.dtype] = None,
-                 device=None):
+                 device=None, dense_from_batch: Optional[int] = None):
         super().__init__()
         if in_features < 0 or out_features < 0:
             raise ValueError(f"SparseLinear: negative shape ({in_features}, {out_features})")
@@ -52,6 +52,12 @@ class SparseLinear(nn.Module):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.layout = layout
+        # Batches (rows of x) at or above this size run as a dense matmul on a weight unpacked
+        # for the call (the packed state stays the only copy): set by sparsify's cost model
+        # where the sparse kernel loses to dense at large batches. None: always sparse.
+        if dense_from_batch is not None and int(dense_from_batch) < 1:
+            raise ValueError(f"dense_from_batch must be >= 1 or None, got {dense_from_batch}")
+        self.dense_from_batch = None if dense_from_batch is None else int(dense_from_batch)
         values, indices, offsets = _empty_layout(layout, in_features, out_features, stored,
                                                  index_dtype, device)
         self.values = nn.Parameter(values)
@@ -113,20 +119,32 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_from_batch is not None and x.dim() >= 1 and \
+                x.numel() >= self.dense_from_batch * max(1, self.in_features):  # rows >= threshold
+            # Unpacking costs one pass over W, small next to a dense matmul at this batch size;
+            # gradients still reach only the stored values (through the unpack scatter).
+            w = self.dense_weight()
+            b = self.bias
+            if x.dtype != w.dtype:
+                w = w.to(x.dtype)
+                b = b.to(x.dtype) if b is not None else None
+            return torch.nn.functional.linear(x, w, b)
         return sparse_linear(x, self.values, self.indices, self.offsets, self.bias, self.layout,
                              self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
+        extra = f", dense_from_batch={self.dense_from_batch}" if self.dense_from_batch else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"layout={self.layout}, density={self.density:.4f}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}{extra}")
 
     # ------------------------------------------------------------------ protocol
     def compression_config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "layout": self.layout, "stored": int(self.indices.shape[0])
                 if self.indices.dim() == 1 else 0, "bias": self.bias is not None,
-                "index_dtype": str(self.indices.dtype).replace("torch.", "")}
+                "index_dtype": str(self.indices.dtype).replace("torch.", ""),
+                "dense_from_batch": self.dense_from_batch}
 
     @classmethod
     def from_config(cls, config: dict) -> "SparseLinear":
@@ -134,7 +152,8 @@ class SparseLinear(nn.Module):
         idx = dtypes.get(config.get("index_dtype", "int32"))
         return cls(int(config["in_features"]), int(config["out_features"]), config["layout"],
                    int(config.get("stored", 0)), bool(config.get("bias", True)),
-                   idx if config["layout"] == "csr" else None)
+                   idx if config["layout"] == "csr" else None,
+                   dense_from_batch=config.get("dense_from_batch"))
 
     @staticmethod
     def _validate_after_load(module, incompatible_keys):
