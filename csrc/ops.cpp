@@ -60,6 +60,18 @@ TORCH_LIBRARY(scalenn, m) {
   //   [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
   //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
   m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
+  // ---- sparse (issue 4): sparse weight [out_features, in_features] x dense activations ----
+  // Layouts ("csr", "bsr:RxC", "nm:N:M") and their tensors: csrc/cpu/sparse_kernels.h.
+  // y [M, out_features] = x [M, in_features] @ W^T (+ bias); float32. The layout's indices are
+  // validated against [out_features, in_features] when built or loaded (not per call).
+  m.def("sparse_linear(Tensor x, Tensor values, Tensor indices, Tensor offsets, Tensor? bias, "
+        "str layout, int out_features, int in_features) -> Tensor");
+  // grad_x [M, in_features] = grad_y [M, out_features] @ W.
+  m.def("sparse_linear_grad_input(Tensor grad_y, Tensor values, Tensor indices, Tensor offsets, "
+        "str layout, int in_features) -> Tensor");
+  // Gradient with respect to the stored values only (shape of values): sum_m grad_y[m,n] x[m,k].
+  m.def("sparse_linear_grad_values(Tensor grad_y, Tensor x, Tensor values, Tensor indices, "
+        "Tensor offsets, str layout, int in_features) -> Tensor");
 }
 
 namespace {

@@ -8,7 +8,9 @@ from . import nn  # noqa: F401
 from . import distributed  # noqa: F401
 from .ops import dequantize_per_row, quantize_per_row
 from .serialize import load, save
+from .compress import PruningSchedule, prune, remove_masks, sparsify  # noqa: E402  (issue 4)
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["quantize_per_row", "dequantize_per_row", "save", "load", "__version__"]
+__all__ += ["prune", "remove_masks", "PruningSchedule", "sparsify"]  # issue 4

@@ -154,3 +154,4 @@ def bucket_requantize_int8(records: torch.Tensor, residual: torch.Tensor,
     """out = int8 records of (sum over records.shape[0] arrays of q * s) + residual; residual
     becomes what that quantization lost (the reduce-scatter step, one pass)."""
     torch.ops.scalenn.bucket_requantize_int8(records, residual, out)
+from .ops_sparse import sparse_linear  # noqa: E402,F401  (sparse family, issue 4)

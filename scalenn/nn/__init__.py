@@ -1,2 +1,3 @@
 """Compressed drop-in replacements for torch.nn layers."""
 from .registry import COMPRESSED_MODULES, register_compressed_module  # noqa: F401
+from .sparse_linear import SparseLinear  # noqa: F401,E402  (issue 4)
