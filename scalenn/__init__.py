@@ -11,3 +11,4 @@ from .serialize import load, save
 __version__ = _C.build_info()["version"]
 
 __all__ = ["quantize_per_row", "dequantize_per_row", "save", "load", "__version__"]
+from .compress.quantize import QuantizeReport, calibrate, prepare_qat, quantize  # noqa: E402

@@ -3,4 +3,5 @@
 Importing this package registers everything; `scalenn/__init__.py` does so once.
 """
 from . import quantize  # noqa: F401
+from . import int8  # noqa: F401
 from . import gpu_backends  # noqa: F401

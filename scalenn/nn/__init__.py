@@ -1,2 +1,3 @@
 """Compressed drop-in replacements for torch.nn layers."""
 from .registry import COMPRESSED_MODULES, register_compressed_module  # noqa: F401
+from .int8_linear import Int8Linear, QATLinear  # noqa: F401

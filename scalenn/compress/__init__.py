@@ -1,0 +1,1 @@
+"""Model compression recipes: int8 quantization (quantize.py, int8_cost.py)."""
