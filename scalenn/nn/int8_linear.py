@@ -114,6 +114,14 @@ class Int8Linear(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
+        # model.to(torch.bfloat16) / .half() / .double() must not change the int8 layer's float32
+        # scales and bias (the kernels read them as float32; outputs follow the input's dtype).
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = self.weight_scale.float()
+        if self.act_scale.dtype != torch.float32:
+            self.act_scale = self.act_scale.float()
+        if self.bias is not None and self.bias.dtype != torch.float32:
+            self.bias.data = self.bias.data.float()
         self._repack()  # the packed layout is device-specific
         return out
 
