@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace scalenn::cpu {
 namespace {
@@ -279,26 +280,34 @@ SCALENN_TARGET_AVX2 inline __m256 activate_avx2(Activation act, __m256 y) {
 }
 
 // ============================== AVX-512 VNNI microkernel ==============================
-// MR rows x NB blocks of 16 channels, full K: accumulators stay in zmm registers
-// (MR*NB <= 24), the epilogue writes each output once. Weights of the panel stream front to
-// back; PF: software-prefetch them (the first row tile of a block reads them from memory).
+// MR rows x NB blocks of 16 channels over k-steps [s0, s1): accumulators stay in zmm registers
+// (MR*NB <= 24). K is cut into chunks whose slice of the weight panel (64 ch x kChunkSteps*4 k
+// = 24 KiB) stays in L1 while every row tile of the block runs over it, so the panel is read
+// from memory (or L2) once per row block and the weight stream overlaps the compute of all row
+// tiles. Between chunks the accumulators park in a small int32 scratch (L1); after the last
+// chunk the epilogue writes each output once. PF: software-prefetch the weight stream (the
+// first row tile of a chunk is the one that pulls it in).
 constexpr int64_t kPrefetchBytes = 1024;
+constexpr int64_t kChunkSteps = 96;
 
 template <int MR, int NB, bool PF>
-SCALENN_TARGET_AVX512 void tile_avx512(const GemmProblem& g, int64_t m0, int64_t p) {
-  const int64_t Kp = packed_k(g.K), steps = Kp / 4;
+SCALENN_TARGET_AVX512 void tile_avx512(const GemmProblem& g, int64_t m0, int64_t p, int64_t s0,
+                                       int64_t s1, int32_t* scratch, bool first, bool last) {
+  const int64_t Kp = packed_k(g.K);
   const int8_t* w = g.packed + p * kPanel * Kp;
   const uint8_t* a = g.a + m0 * Kp;
   __m512i acc[MR][NB];
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
-  for (int64_t s = 0; s < steps; ++s) {
+    for (int j = 0; j < NB; ++j)
+      acc[i][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(scratch + i * kPanel + 16 * j);
+  for (int64_t s = s0; s < s1; ++s) {
     const int8_t* ws = w + s * NB * 64;
     if constexpr (PF) {
 #pragma GCC unroll 4
-      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(ws + kPrefetchBytes + 64 * j), _MM_HINT_T0);
+      for (int j = 0; j < NB; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(ws + kPrefetchBytes + 64 * j), _MM_HINT_T0);
     }
     __m512i b[NB];
 #pragma GCC unroll 4
@@ -309,6 +318,13 @@ SCALENN_TARGET_AVX512 void tile_avx512(const GemmProblem& g, int64_t m0, int64_t
 #pragma GCC unroll 4
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, b[j]);
     }
+  }
+  if (!last) {
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NB; ++j) _mm512_storeu_si512(scratch + i * kPanel + 16 * j, acc[i][j]);
+    return;
   }
   const int64_t n0 = p * kPanel;
   const int32_t* comp = comp_of(g.packed, g.N, g.K) + n0;
@@ -336,26 +352,59 @@ SCALENN_TARGET_AVX512 void tile_avx512(const GemmProblem& g, int64_t m0, int64_t
   }
 }
 
+struct ChunkArgs {
+  int64_t s0, s1;
+  int32_t* scratch;
+  bool first, last;
+};
+
 template <int MR, bool PF>
-SCALENN_TARGET_AVX512 void tile_avx512_nb(const GemmProblem& g, int64_t m0, int64_t p, int64_t nb) {
+SCALENN_TARGET_AVX512 void tile_avx512_nb(const GemmProblem& g, int64_t m0, int64_t p, int64_t nb,
+                                          const ChunkArgs& c) {
   switch (nb) {
-    case 1: tile_avx512<MR, 1, PF>(g, m0, p); break;
-    case 2: tile_avx512<MR, 2, PF>(g, m0, p); break;
-    case 3: tile_avx512<MR, 3, PF>(g, m0, p); break;
-    default: tile_avx512<MR, 4, PF>(g, m0, p);
+    case 1: tile_avx512<MR, 1, PF>(g, m0, p, c.s0, c.s1, c.scratch, c.first, c.last); break;
+    case 2: tile_avx512<MR, 2, PF>(g, m0, p, c.s0, c.s1, c.scratch, c.first, c.last); break;
+    case 3: tile_avx512<MR, 3, PF>(g, m0, p, c.s0, c.s1, c.scratch, c.first, c.last); break;
+    default: tile_avx512<MR, 4, PF>(g, m0, p, c.s0, c.s1, c.scratch, c.first, c.last);
   }
 }
 
 template <bool PF>
 SCALENN_TARGET_AVX512 void tile_avx512_any(const GemmProblem& g, int64_t m0, int64_t mr,
-                                           int64_t p, int64_t nb) {
+                                           int64_t p, int64_t nb, const ChunkArgs& c) {
   switch (mr) {
-    case 1: tile_avx512_nb<1, PF>(g, m0, p, nb); break;
-    case 2: tile_avx512_nb<2, PF>(g, m0, p, nb); break;
-    case 3: tile_avx512_nb<3, PF>(g, m0, p, nb); break;
-    case 4: tile_avx512_nb<4, PF>(g, m0, p, nb); break;
-    case 5: tile_avx512_nb<5, PF>(g, m0, p, nb); break;
-    default: tile_avx512_nb<6, PF>(g, m0, p, nb);
+    case 1: tile_avx512_nb<1, PF>(g, m0, p, nb, c); break;
+    case 2: tile_avx512_nb<2, PF>(g, m0, p, nb, c); break;
+    case 3: tile_avx512_nb<3, PF>(g, m0, p, nb, c); break;
+    case 4: tile_avx512_nb<4, PF>(g, m0, p, nb, c); break;
+    case 5: tile_avx512_nb<5, PF>(g, m0, p, nb, c); break;
+    default: tile_avx512_nb<6, PF>(g, m0, p, nb, c);
+  }
+}
+
+// One row block x one panel on AVX-512: k-chunks outside, row tiles inside.
+void block_avx512(const GemmProblem& g, int64_t mb, int64_t mb_end, int64_t p) {
+  const int64_t steps = packed_k(g.K) / 4, nb = panel_blocks(g.N, p);
+  // Accumulators of every row tile of the block between chunks (row block <= kMaxRowBlock).
+  thread_local std::vector<int32_t> scratch;
+  const bool chunked = steps > kChunkSteps;
+  if (chunked && static_cast<int64_t>(scratch.size()) < (mb_end - mb) * kPanel)
+    scratch.resize((mb_end - mb) * kPanel);
+  for (int64_t s0 = 0; s0 < steps || s0 == 0; s0 += kChunkSteps) {
+    ChunkArgs c;
+    c.s0 = s0;
+    c.s1 = chunked ? std::min(steps, s0 + kChunkSteps) : steps;
+    c.first = s0 == 0;
+    c.last = c.s1 == steps;
+    for (int64_t m0 = mb; m0 < mb_end; m0 += 6) {
+      const int64_t mr = std::min<int64_t>(6, mb_end - m0);
+      c.scratch = chunked ? scratch.data() + (m0 - mb) * kPanel : nullptr;
+      if (m0 == mb)
+        tile_avx512_any<true>(g, m0, mr, p, nb, c);
+      else
+        tile_avx512_any<false>(g, m0, mr, p, nb, c);
+    }
+    if (!chunked) break;
   }
 }
 
@@ -529,20 +578,17 @@ void gemm_tile(CpuIsa isa, const GemmProblem& g, int64_t m_begin, int64_t m_end,
   for (int64_t mb = m_begin; mb < m_end; mb += mc) {
     const int64_t mb_end = std::min(m_end, mb + mc);
     for (int64_t p = p_begin; p < p_end; ++p) {
+      if (isa == CpuIsa::avx512) {
+        block_avx512(g, mb, mb_end, p);
+        continue;
+      }
       const int64_t nb = panel_blocks(g.N, p);
       for (int64_t m0 = mb; m0 < mb_end; m0 += mr_max) {
         const int64_t mr = std::min(mr_max, mb_end - m0);
-        switch (isa) {
-          case CpuIsa::avx512:
-            // The first row tile pulls the panel from memory; later ones find it in L2.
-            if (m0 == mb)
-              tile_avx512_any<true>(g, m0, mr, p, nb);
-            else
-              tile_avx512_any<false>(g, m0, mr, p, nb);
-            break;
-          case CpuIsa::avx2: tile_avx2_any(g, m0, mr, p, nb); break;
-          default: tile_scalar(g, m0, mr, p, nb);
-        }
+        if (isa == CpuIsa::avx2)
+          tile_avx2_any(g, m0, mr, p, nb);
+        else
+          tile_scalar(g, m0, mr, p, nb);
       }
     }
   }
