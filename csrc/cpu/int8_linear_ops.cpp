@@ -31,14 +31,15 @@ Activation parse_activation(const std::string& name, const char* op) {
 }
 
 void check_packed(const at::Tensor& w_packed, int64_t N, int64_t K, const char* op) {
-  check_dtype(w_packed, at::kChar, (std::string(op) + ": w_packed").c_str());
+  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be torch.int8, got ",
+                   dtype_name(w_packed.scalar_type()));
   TORCH_CHECK_VALUE(N >= 0, op, ": out_features must be >= 0, got ", N);
   TORCH_CHECK_VALUE(K <= kMaxK, op, ": in_features must be <= ", kMaxK,
                     " (int32 accumulators), got ", K);
   TORCH_CHECK_VALUE(w_packed.dim() == 1 && w_packed.numel() == packed_bytes(N, K), op,
                     ": w_packed must be the 1-D output of int8_pack_weight for a [", N, ", ", K,
                     "] weight (", packed_bytes(N, K), " bytes), got shape ", w_packed.sizes());
-  check_contiguous(w_packed, (std::string(op) + ": w_packed").c_str());
+  TORCH_CHECK_VALUE(w_packed.is_contiguous(), op, ": w_packed must be contiguous");
 }
 
 // Threads split the (rows x panels) rectangle along one side: panels when there are few rows
@@ -127,25 +128,32 @@ at::Tensor int8_gemm_s32_cpu(const at::Tensor& x, const at::Tensor& w_packed, in
   return out;
 }
 
+// Checks build no strings unless they fail (this runs per call, for small layers too).
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, int64_t N, float static_scale,
                        const std::string& activation, const char* op) {
-  check_float_input(x, (std::string(op) + ": x").c_str());
-  check_dim(x, 2, (std::string(op) + ": x").c_str());
-  check_same_device(x, w_packed, (std::string(op) + ": x").c_str(), "w_packed");
-  check_same_device(x, w_scale, (std::string(op) + ": x").c_str(), "w_scale");
+  const auto st = x.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
+                   ": x must be float32, bfloat16 or float16, got ", dtype_name(st));
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.device() == w_packed.device() && x.device() == w_scale.device(), op,
+                    ": x, w_packed and w_scale must be on one device, got ", x.device(), ", ",
+                    w_packed.device(), " and ", w_scale.device());
   const Activation act = parse_activation(activation, op);
   const at::Tensor xc = x.contiguous();
   const int64_t M = xc.size(0), K = xc.size(1);
   check_packed(w_packed, N, K, op);
-  check_dtype(w_scale, at::kFloat, (std::string(op) + ": w_scale").c_str());
+  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be torch.float32, got ",
+                   dtype_name(w_scale.scalar_type()));
   TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == N, op,
                     ": w_scale must have shape [out_features] = [", N, "], got ", w_scale.sizes());
   at::Tensor ws = w_scale.contiguous();
   at::Tensor b;
   if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, (std::string(op) + ": bias").c_str());
-    check_same_device(x, *bias, (std::string(op) + ": x").c_str(), "bias");
+    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, op, ": bias must be torch.float32, got ",
+                     dtype_name(bias->scalar_type()));
+    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": x and bias must be on one device, got ",
+                      x.device(), " and ", bias->device());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, op,
                       ": bias must have shape [out_features] = [", N, "], got ", bias->sizes());
     b = bias->contiguous();
@@ -154,10 +162,11 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at
   if (M == 0 || N == 0) return out;
   const CpuIsa isa = current_isa();
   const FloatKind kind = float_kind(xc.scalar_type());
-  at::Tensor a = at::empty({M * packed_k(K)}, xc.options().dtype(at::kByte));
-  at::Tensor row_scale = at::empty({M}, xc.options().dtype(at::kFloat));
-  uint8_t* ap = a.data_ptr<uint8_t>();
-  float* rs = row_scale.data_ptr<float>();
+  // One scratch allocation: row scales (M floats, 64-byte aligned size) then activations.
+  const int64_t scale_bytes = round_up(M * 4, 64);
+  at::Tensor scratch = at::empty({scale_bytes + M * packed_k(K)}, xc.options().dtype(at::kByte));
+  float* rs = reinterpret_cast<float*>(scratch.data_ptr<uint8_t>());
+  uint8_t* ap = scratch.data_ptr<uint8_t>() + scale_bytes;
   const void* xp = xc.data_ptr();
   at::parallel_for(0, M, row_grain(K), [&](int64_t begin, int64_t end) {
     quantize_activations(isa, kind, xp, K, static_scale, ap, rs, begin, end);

@@ -15,11 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _C
-from .._ops.int8 import ACTIVATIONS
+from .._ops.int8 import ACTIVATIONS, apply_activation
+from ..ops import FLOAT_DTYPES, _check_device
 from ..ops_int8 import int8_linear, pack_weight, quantize_weight
 from .registry import register_compressed_module
 
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
+_FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
+_INT8_LINEAR = torch.ops.scalenn.int8_linear.default
 
 
 @register_compressed_module
@@ -141,6 +144,30 @@ class Int8Linear(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scheme == "int8_dynamic" and not self._observing:
+            # The hot path: the fewest Python steps that still give clear errors (the op checks
+            # the rest), since small layers are dominated by per-call overhead.
+            if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"Int8Linear: x must be a float32, bfloat16 or float16 "
+                                f"torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+            if x.dim() == 0 or x.shape[-1] != self.in_features:
+                raise ValueError(f"Int8Linear: x must have in_features = {self.in_features} in "
+                                 f"its last dimension, got shape {tuple(x.shape)}")
+            if x.device.type != "cpu":
+                _check_device(x, "Int8Linear")
+            x2 = x if x.dim() == 2 else (x.reshape(1, self.in_features) if x.dim() == 1
+                                         else x.flatten(0, -2))
+            bias = self.bias
+            if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
+                    x.requires_grad or (bias is not None and bias.requires_grad))):
+                y = _INT8_LINEAR(x2, self._packed, self.weight_scale, bias, self.out_features,
+                                 self.activation)
+            else:
+                # Nothing to differentiate: skip the (Python) autograd kernel, ~3 us per call.
+                with torch._C._AutoDispatchBelowAutograd():
+                    y = _INT8_LINEAR(x2, self._packed, self.weight_scale, bias,
+                                     self.out_features, self.activation)
+            return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
         if self.scheme == "int8_weight_only" or self._observing:
             if self._observing:
                 self._observe(x)
@@ -152,7 +179,6 @@ class Int8Linear(nn.Module):
                                  f"{tuple(getattr(x, 'shape', ()))}")
             w = self.weight_int8.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None]
             b = self.bias.to(x.dtype) if self.bias is not None else None
-            from .._ops.int8 import apply_activation
             return apply_activation(F.linear(x, w, b), self.activation)
         act_scale = None
         if self.scheme == "int8_static":
