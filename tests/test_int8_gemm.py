@@ -11,10 +11,10 @@ from scalenn._ops.int8 import (int8_gemm_s32_reference, int8_linear_reference,
 ops = torch.ops.scalenn
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (M, N, K): 0/1 rows, row tails of the 6-row VNNI tile, N tails of 16 and of the 64-wide panel,
-# K not a multiple of 4 or of 64, M large enough that threads split rows instead of panels.
+# K not a multiple of 4 or of 64, and shapes where threads split rows instead of panels.
 SHAPES = [(0, 5, 7), (1, 1, 1), (1, 17, 3), (2, 130, 0), (3, 7, 5), (5, 64, 64), (6, 65, 13),
           (7, 33, 65), (13, 100, 63), (37, 130, 257), (1, 200, 1001), (101, 48, 130),
-          (250, 80, 66)]
+          (250, 80, 66), (170, 130, 4100)]  # the last: more rows than one row block
 
 
 def rand_w(n, k):
@@ -181,7 +181,7 @@ def test_gelu_epilogue_is_accurate():
     ref = torch.nn.functional.gelu(pre.double())
     # erf to 1.5e-7 absolute (Abramowitz-Stegun 7.1.26) -> |x|/2 * 1.5e-7, plus the float32
     # rounding of 1 + erf (cancels for x < 0), about as much again
-    bound = 1.5e-7 * pre.double().abs() + 2e-7 * ref.abs() + 1e-9
+    bound = 2e-7 * pre.double().abs() + 2e-7 * ref.abs() + 1e-9
     assert ((y.double() - ref).abs() <= bound).all(), ((y.double() - ref).abs() / bound).max()
 
 

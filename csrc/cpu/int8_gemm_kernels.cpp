@@ -26,14 +26,6 @@ inline int64_t panel_blocks(int64_t N, int64_t p) {
   return std::min<int64_t>(4, (packed_n(N) - p * kPanel) / 16);
 }
 
-// Row-block height: one block of quantized activations (MC x Kp bytes) is reused against every
-// weight panel, so it should stay in L2 (1 MiB) next to the weight stream and the accumulator
-// scratch; the bigger the block, the fewer times the weights are read.
-inline int64_t row_block(int64_t Kp, int64_t mr) {
-  int64_t mc = (640 * 1024) / std::max<int64_t>(Kp, 1);
-  return std::max<int64_t>(mr, mc / mr * mr);
-}
-
 // ============================== activation quantization ==============================
 // Identical arithmetic to quantize_kernels.cpp (the scalenn::quantize_per_row contract), writing
 // into the padded, possibly offset-by-128 layout the GEMM wants.

@@ -36,6 +36,13 @@ inline int64_t packed_k(int64_t K) { return round_up(K, 4); }
 inline int64_t packed_n(int64_t N) { return round_up(N, 16); }
 inline int64_t packed_bytes(int64_t N, int64_t K) { return packed_n(N) * (packed_k(K) + 4); }
 inline int64_t num_panels(int64_t N) { return (packed_n(N) + kPanel - 1) / kPanel; }
+// Row-block height: one block of quantized activations (MC x Kp bytes) is reused against every
+// weight panel, so it should stay in L2 (1 MiB) next to the weight stream and the accumulator
+// scratch; the bigger the block, the fewer times the weights are read. A multiple of `mr`.
+inline int64_t row_block(int64_t Kp, int64_t mr) {
+  int64_t mc = (640 * 1024) / (Kp > 1 ? Kp : 1);
+  return mc / mr * mr > mr ? mc / mr * mr : mr;
+}
 
 // w [N, K] int8 row-major -> packed (packed_bytes(N, K) bytes). Channels [n_begin, n_end) of
 // the padded range [0, N16), so the op can pack in parallel over panels.

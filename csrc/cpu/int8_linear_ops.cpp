@@ -42,15 +42,16 @@ void check_packed(const at::Tensor& w_packed, int64_t N, int64_t K, const char* 
   TORCH_CHECK_VALUE(w_packed.is_contiguous(), op, ": w_packed must be contiguous");
 }
 
-// Threads split the (rows x panels) rectangle along one side: panels when there are few rows
-// (a small batch is bound by weight bytes, so every core streams its own share of the
-// weights), rows otherwise (each core computes a band of rows against every panel, weights come
-// from the shared L3).
+// Threads split the (rows x panels) rectangle along one side: panels while all rows fit one
+// row block (a small batch is bound by weight bytes, so every core streams its own share of the
+// weights, read once), rows otherwise (each core computes a band of rows against every panel;
+// the cores walk the panels in the same order, so one core's read is the other's L3 hit).
 void run_gemm(CpuIsa isa, const GemmProblem& g) {
   const int64_t panels = num_panels(g.N);
   if (g.M == 0 || panels == 0) return;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const bool split_panels = g.M <= 48 * threads || g.M < threads * 6;
+  const bool split_panels =
+      g.M < threads * 6 || (g.M <= row_block(packed_k(g.K), 6) && panels >= threads);
   const int64_t extent = split_panels ? panels : g.M;
   const int64_t chunks = std::min(threads, split_panels ? panels : (g.M + 5) / 6);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
