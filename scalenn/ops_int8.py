@@ -37,8 +37,19 @@ def pack_weight(w_int8: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"pack_weight: expected a 2-D int8 tensor, got "
                         f"{getattr(w_int8, 'dtype', type(w_int8).__name__)} "
                         f"{tuple(getattr(w_int8, 'shape', ()))}")
-    _check_device(w_int8, "pack_weight")
+    check_int8_device(w_int8, "pack_weight", "scalenn::int8_pack_weight")
     return torch.ops.scalenn.int8_pack_weight(w_int8.contiguous())
+
+
+def check_int8_device(t: torch.Tensor, fn: str, op: str = "scalenn::int8_linear") -> None:
+    """ValueError unless this build has an int8 kernel for t's device (CPU always)."""
+    if t.device.type in ("cpu", "meta"):
+        return
+    _check_device(t, fn)
+    key = "CUDA" if t.device.type == "cuda" else t.device.type
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
+        raise ValueError(f"{fn}: scalenn has no int8 kernels for device '{t.device}' in this "
+                         f"build (CPU always; CUDA when built with its int8 kernels)")
 
 
 def _check_x(x: torch.Tensor, in_features: int, fn: str) -> None:
@@ -49,7 +60,7 @@ def _check_x(x: torch.Tensor, in_features: int, fn: str) -> None:
     if x.dim() < 1 or x.shape[-1] != in_features:
         raise ValueError(f"{fn}: x must have in_features = {in_features} in its last dimension, "
                          f"got shape {tuple(x.shape)}")
-    _check_device(x, fn)
+    check_int8_device(x, fn)
 
 
 def int8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,

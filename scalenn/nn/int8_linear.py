@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .. import _C
 from .._ops.int8 import ACTIVATIONS, apply_activation
-from ..ops import FLOAT_DTYPES, _check_device
-from ..ops_int8 import int8_linear, pack_weight, quantize_weight
+from ..ops import FLOAT_DTYPES
+from ..ops_int8 import check_int8_device, int8_linear, pack_weight, quantize_weight
 from .registry import register_compressed_module
 
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
@@ -154,7 +154,7 @@ class Int8Linear(nn.Module):
                 raise ValueError(f"Int8Linear: x must have in_features = {self.in_features} in "
                                  f"its last dimension, got shape {tuple(x.shape)}")
             if x.device.type != "cpu":
-                _check_device(x, "Int8Linear")
+                check_int8_device(x, "Int8Linear")
             x2 = x if x.dim() == 2 else (x.reshape(1, self.in_features) if x.dim() == 1
                                          else x.flatten(0, -2))
             bias = self.bias
