@@ -1,8 +1,9 @@
 """Shape-aware choice between a layer's int8 kernel and the dense nn.Linear, by measurement.
 
 For a layer shape (K -> N) at the expected rows per call M, time both on this machine (random
-data of that shape, the same thread count, interleaved, median of a few rounds) and pick int8
-only when it is faster by a margin, so that scalenn.quantize never makes a model slower. Results
+data of that shape, the same thread count, interleaved rounds, the fastest round of each: other
+processes only ever add time, so the minimum is the estimate least disturbed by a busy machine)
+and pick int8 only when it is faster by a margin, so that scalenn.quantize never makes a model slower. Results
 are cached per (shape, rows, scheme, dtype, threads, ISA) for the life of the process.
 """
 import statistics
@@ -58,10 +59,10 @@ def measure(in_features: int, out_features: int, rows: int, scheme: str,
     variants[0]()
     calls = int(max(1, min(200, 2e-3 / max(time.perf_counter() - t0, 1e-7))))
     dense_t, int8_t = [], []
-    for _ in range(5):  # interleaved rounds: load on the machine hits both alike
+    for _ in range(7):  # interleaved rounds: load on the machine hits both alike
         dense_t.append(_median_time(variants[0], 1, calls))
         int8_t.append(_median_time(variants[1], 1, calls))
-    return statistics.median(dense_t), statistics.median(int8_t)
+    return min(dense_t), min(int8_t)
 
 
 def choose(in_features: int, out_features: int, rows: int, scheme: str,
