@@ -74,15 +74,16 @@ def _int_mm_available() -> bool:
 
 
 def measure_vnni_peak(threads: int) -> float:
-    """int8 ops/s of scalenn's microkernel on hot-cache, compute-bound shapes (best of a few)."""
+    """int8 ops/s of scalenn's microkernel on hot-cache, compute-bound shapes (fastest round)."""
     best = 0.0
     for M, N, K in [(600 * threads, 256, 1024), (300 * threads, 512, 2048)]:
         w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
         packed = torch.ops.scalenn.int8_pack_weight(w)
         x = torch.randint(-127, 128, (M, K), dtype=torch.int8)
         times = harness.interleaved_times(
-            {"k": lambda: torch.ops.scalenn.int8_gemm_s32(x, packed, N)}, rounds=9)
-        best = max(best, 2 * M * N * K / harness.median(times["k"]))
+            {"k": lambda: torch.ops.scalenn.int8_gemm_s32(x, packed, N)}, rounds=15)
+        # The fastest round: other processes only slow a round down, and a peak is a maximum.
+        best = max(best, 2 * M * N * K / min(times["k"]))
     return best
 
 

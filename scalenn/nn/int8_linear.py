@@ -109,6 +109,9 @@ class Int8Linear(nn.Module):
         if self.scheme == "int8_weight_only" or w.device.type == "meta":
             self._packed = w.new_empty(0)
             return
+        if w.device.type == "cpu":
+            self._packed = pack_weight(w)  # bad weights (e.g. -128 from a foreign file) raise
+            return
         try:
             self._packed = pack_weight(w)
         except ValueError:
