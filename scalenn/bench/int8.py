@@ -13,7 +13,7 @@ on hot-cache, compute-bound shapes) and the memory read bandwidth, to state how 
 kernels get to the machine.
 """
 import copy
-import time
+import os
 import warnings
 
 import torch
@@ -172,6 +172,7 @@ def run(args) -> harness.Report:
         columns=["threads", "case", "variant", "median_ms", "TOP/s", "weight_GB/s",
                  "vs_best_int8_peer", "vs_fp32", "pct_vnni_peak", "x_mem_time"])
     have_int_mm = _int_mm_available()
+    load_before = os.getloadavg()
     rows = [1, 16] if args.quick else ROWS
     shapes = LAYER_SHAPES[:1] if args.quick else LAYER_SHAPES
     previous_engine = torch.backends.quantized.engine
@@ -204,6 +205,9 @@ def run(args) -> harness.Report:
         "peak; x_mem_time = median / (int8 weight bytes / measured read bandwidth)",
         "medians of interleaved rounds; weights rotated through copies that exceed the L3",
         f"scalenn kernels: cpu isa {_C.current_isa()}",
+        f"machine load average (1 min) at start / end: {load_before[0]:.1f} / "
+        f"{os.getloadavg()[0]:.1f} (other processes on these {os.cpu_count()} cores distort "
+        f"2-thread timings most, and OpenMP peers more than single-region kernels)",
     ]
     report.plot = _plot
     return report

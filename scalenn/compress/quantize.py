@@ -7,7 +7,7 @@ are listed in the report as skipped with the reason, the hook where a combined
 SparseInt8Linear conversion plugs in (see `_convert_other`).
 """
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,6 @@ device) is a non-persistent buffer rebuilt at construction from a dense layer, o
 device move.
 """
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
