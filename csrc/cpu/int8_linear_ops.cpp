@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -46,22 +47,27 @@ void check_packed(const at::Tensor& w_packed, int64_t N, int64_t K, const char* 
 // row block (a small batch is bound by weight bytes, so every core streams its own share of the
 // weights, read once), rows otherwise (each core computes a band of rows against every panel;
 // the cores walk the panels in the same order, so one core's read is the other's L3 hit).
+// The side is cut into about 4 chunks per thread, handed out dynamically (an atomic counter):
+// on a machine shared with other processes a descheduled thread's work is picked up by the
+// others instead of the whole call waiting for it.
 void run_gemm(CpuIsa isa, const GemmProblem& g) {
   const int64_t panels = num_panels(g.N);
   if (g.M == 0 || panels == 0) return;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const bool split_panels =
       g.M < threads * 6 || (g.M <= row_block(packed_k(g.K), 6) && panels >= threads);
+  int64_t chunk;  // panels or rows (a multiple of 6, the VNNI tile height) per chunk
+  if (split_panels) {
+    chunk = std::max<int64_t>(1, panels / (4 * threads));
+  } else {
+    chunk = round_up(std::max<int64_t>(6, g.M / (4 * threads)), 6);
+  }
   const int64_t extent = split_panels ? panels : g.M;
-  const int64_t chunks = std::min(threads, split_panels ? panels : (g.M + 5) / 6);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      int64_t lo = extent * c / chunks, hi = extent * (c + 1) / chunks;
-      if (!split_panels) {  // row bands on multiples of 6 (the VNNI tile height)
-        lo = std::min(g.M, (lo + 5) / 6 * 6);
-        hi = c + 1 == chunks ? g.M : std::min(g.M, (hi + 5) / 6 * 6);
-      }
-      if (lo >= hi) continue;
+  const int64_t chunks = (extent + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      const int64_t lo = c * chunk, hi = std::min(extent, lo + chunk);
       if (split_panels)
         gemm_tile(isa, g, 0, g.M, lo, hi);
       else
