@@ -72,6 +72,23 @@ TORCH_LIBRARY(scalenn, m) {
   // Gradient with respect to the stored values only (shape of values): sum_m grad_y[m,n] x[m,k].
   m.def("sparse_linear_grad_values(Tensor grad_y, Tensor x, Tensor values, Tensor indices, "
         "Tensor offsets, str layout, int in_features) -> Tensor");
+  // ---- int8 linear (Int8Linear; issue 3) ----
+  // w_int8 [N, K] int8 in [-127, 127] (symmetric per output channel) -> an opaque packed form
+  // for this device (CPU: VNNI panels + per-channel compensation, see
+  // csrc/cpu/int8_gemm_kernels.h; CUDA: w_int8 itself).
+  m.def("int8_pack_weight(Tensor w_int8) -> Tensor");
+  // Inverse of int8_pack_weight: packed -> w_int8 [out_features, in_features].
+  m.def("int8_unpack_weight(Tensor w_packed, SymInt out_features, SymInt in_features) -> Tensor");
+  // Exact int32 accumulators: x_int8 [M, K] @ w_int8^T -> int32 [M, N] (tests, references).
+  m.def("int8_gemm_s32(Tensor x_int8, Tensor w_packed, SymInt out_features) -> Tensor");
+  // x [M, K] float32/bfloat16/float16, quantized per row inside the kernel (the
+  // quantize_per_row contract), int32 accumulation, epilogue
+  // act(row_scale[m] * w_scale[n] * acc + bias[n]) in x.dtype; activation: none|relu|gelu.
+  m.def("int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
+        "SymInt out_features, str activation) -> Tensor");
+  // As int8_linear with one calibrated activation scale: q = clamp(round(x / act_scale), +-127).
+  m.def("int8_linear_static(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
+        "SymInt out_features, float act_scale, str activation) -> Tensor");
 }
 
 namespace {

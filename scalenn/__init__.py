@@ -6,11 +6,13 @@ from . import _C
 from . import _ops  # noqa: F401  (fake kernels, autograd, GPU backends)
 from . import nn  # noqa: F401
 from . import distributed  # noqa: F401
+from .compress import PruningSchedule, prune, remove_masks, sparsify
+from .compress.quantize import QuantizeReport, calibrate, prepare_qat, quantize
 from .ops import dequantize_per_row, quantize_per_row
 from .serialize import load, save
-from .compress import PruningSchedule, prune, remove_masks, sparsify  # noqa: E402  (issue 4)
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["quantize_per_row", "dequantize_per_row", "save", "load", "__version__"]
-__all__ += ["prune", "remove_masks", "PruningSchedule", "sparsify"]  # issue 4
+__all__ = ["quantize_per_row", "dequantize_per_row", "save", "load", "__version__",
+           "prune", "remove_masks", "PruningSchedule", "sparsify",
+           "quantize", "calibrate", "prepare_qat", "QuantizeReport"]

@@ -6,4 +6,5 @@ from . import quantize  # noqa: F401
 from . import gpu_ops  # noqa: F401
 from . import sparse  # noqa: F401
 from . import bucket  # noqa: F401
+from . import int8  # noqa: F401
 from . import gpu_backends  # noqa: F401  (last: registers Triton kernels for the ops above)

@@ -1,0 +1,157 @@
+"""scalenn.quantize / scalenn.calibrate / scalenn.prepare_qat: swap nn.Linear layers for
+Int8Linear in place, with a report of what was swapped, what was kept and why.
+
+Which layers are touched: nn.Linear (and QATLinear, its fake-quantized twin from prepare_qat).
+Every other module type is left alone; compressed modules of other families (e.g. SparseLinear)
+are listed in the report as skipped with the reason, the hook where a combined
+SparseInt8Linear conversion plugs in (see `_convert_other`).
+"""
+from dataclasses import dataclass, field
+from typing import Iterable, List
+
+import torch
+import torch.nn as nn
+
+from ..nn.int8_linear import SCHEMES, Int8Linear, QATLinear
+from ..nn.registry import is_compressed
+from ..nn.swap import LayerFilter, make_filter, named_modules_of_type, replace_module
+from . import int8_cost
+
+
+@dataclass
+class QuantizeReport:
+    """One entry per Linear-like layer: name, shape, what happened and why."""
+    scheme: str
+    entries: List[dict] = field(default_factory=list)
+
+    @property
+    def swapped(self) -> List[str]:
+        return [e["name"] for e in self.entries if e["action"] == "int8"]
+
+    @property
+    def skipped(self) -> List[str]:
+        return [e["name"] for e in self.entries if e["action"] != "int8"]
+
+    def __str__(self) -> str:
+        lines = [f"scalenn.quantize(scheme={self.scheme}): {len(self.swapped)} swapped, "
+                 f"{len(self.skipped)} kept"]
+        for e in self.entries:
+            shape = f"{e.get('in_features', '?')}->{e.get('out_features', '?')}"
+            lines.append(f"  {e['name']:<40} {e['type']:<12} {shape:<12} {e['action']:<6} "
+                         f"{e['reason']}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter = None,
+             skip: Iterable[str] = (), force: bool = False, batch_rows: int = 64,
+             activation_dtype: torch.dtype = torch.float32):
+    """Replace the model's nn.Linear (and QATLinear) layers by Int8Linear, in place.
+
+    filter: None, fn(module, fully_qualified_name) -> bool, or a list of name regexes (search).
+    skip: names or regexes (full match) to leave alone.
+    force: swap every selected layer; otherwise a layer is swapped only when the measured cost
+        model (scalenn.compress.int8_cost) says its int8 kernel beats the dense layer at
+        `batch_rows` rows per call, so quantize never makes a model slower.
+    Returns (model, QuantizeReport).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize: expected an nn.Module, got {type(model).__name__}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"quantize: scheme must be one of {SCHEMES}, got {scheme!r}")
+    report = QuantizeReport(scheme)
+    keep = make_filter(filter)
+    skip = list(skip)
+    skip_filter = make_filter(skip, full_match=True) if skip else (lambda m, n: False)
+    for name, module in list(model.named_modules()):
+        if not name:
+            continue
+        entry = {"name": name, "type": type(module).__name__,
+                 "in_features": getattr(module, "in_features", None),
+                 "out_features": getattr(module, "out_features", None)}
+        if isinstance(module, Int8Linear):
+            continue  # already converted (a second quantize call is a no-op for it)
+        if is_compressed(module):
+            report.entries.append({**entry, "action": "kept", "reason": _convert_other(module)})
+            continue
+        if not isinstance(module, nn.Linear):
+            continue
+        if not keep(module, name):
+            report.entries.append({**entry, "action": "kept", "reason": "excluded by filter"})
+            continue
+        if skip_filter(module, name):
+            report.entries.append({**entry, "action": "kept", "reason": "in skip"})
+            continue
+        if type(module) not in (nn.Linear, QATLinear):
+            report.entries.append({**entry, "action": "kept",
+                                   "reason": f"subclass {type(module).__name__} of nn.Linear "
+                                             "(may override forward); not converted"})
+            continue
+        # The cost model is measured on the CPU; on other devices the layer is converted.
+        if force or module.weight.device.type != "cpu":
+            reason = "forced" if force else f"device {module.weight.device.type}"
+        else:
+            choice = int8_cost.choose(module.in_features, module.out_features, batch_rows,
+                                      scheme, activation_dtype)
+            reason = choice.reason
+            if not choice.use_int8:
+                report.entries.append({**entry, "action": "kept", "reason": reason})
+                continue
+        new = Int8Linear.from_dense(module, scheme=scheme, name=name)
+        new.train(module.training)
+        replace_module(model, name, new)
+        report.entries.append({**entry, "action": "int8", "reason": reason})
+    return model, report
+
+
+def _convert_other(module: nn.Module) -> str:
+    """Hook for compressed layers of other families (issue 7: SparseLinear -> SparseInt8Linear).
+    Until that conversion exists they are kept as they are."""
+    return f"{type(module).__name__} is another compressed format; int8 conversion of it is " \
+           f"not implemented here"
+
+
+def prepare_qat(model: nn.Module, filter: LayerFilter = None, skip: Iterable[str] = ()):
+    """Swap nn.Linear layers for QATLinear (fake int8 quantization with straight-through
+    gradients, sharing the original Parameters). Train, then scalenn.quantize(model, force=True)
+    converts them to Int8Linear with the same outputs up to float rounding. Returns the model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare_qat: expected an nn.Module, got {type(model).__name__}")
+    for name, module in list(named_modules_of_type(model, nn.Linear, filter, skip)):
+        if type(module) is nn.Linear:
+            replace_module(model, name, QATLinear.from_linear(module))
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
+    """Set the per-tensor activation scale (max |x| / 127) of every int8_static Int8Linear from
+    the inputs it sees while `model` runs on `batches` (tensors, or tuples/dicts of arguments)."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.scheme == "int8_static"]
+    if not layers:
+        raise ValueError("calibrate: the model has no int8_static Int8Linear layers; call "
+                         "scalenn.quantize(model, scheme='int8_static') first")
+    for m in layers:
+        m._observing, m._observed_amax = True, 0.0
+    n = 0
+    try:
+        for batch in batches:
+            if isinstance(batch, dict):
+                model(**batch)
+            elif isinstance(batch, (tuple, list)):
+                model(*batch)
+            else:
+                model(batch)
+            n += 1
+    finally:
+        for m in layers:
+            m._observing = False
+    if n == 0:
+        raise ValueError("calibrate: `batches` was empty")
+    for m in layers:
+        amax = m._observed_amax
+        if not (amax > 0 and amax < float("inf")):
+            raise ValueError(f"calibrate: a layer saw max |x| = {amax}; cannot set a scale")
+        m.set_act_scale(amax / 127.0)
+    return model
