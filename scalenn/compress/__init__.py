@@ -1,0 +1,1 @@
+"""Compression recipes: pruning, quantization, distillation, schedules and the recipe runner."""
