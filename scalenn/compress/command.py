@@ -255,6 +255,7 @@ def _compress_into(tmp: str, args, recipe, model: nn.Module, train, test) -> Non
          "latency": lat["compressed"]},
     ]
     steps_md = "\n".join(f"- **{s['step']}**: {s['status']}" + (f" — {s['detail']}" if s['detail'] else "")
+                         + (f"\n\n  ```\n  {str(s['result']).replace(chr(10), chr(10) + '  ')}\n  ```" if s.get("result") else "")
                          for s in rep["steps"])
     hist_md = "\n".join(f"- epoch {h['epoch']}: Linear sparsity {h['linear_sparsity']:.1%}"
                         + (f", test top-1 {100 * h['test_top1']:.2f}%" if h["test_top1"] is not None else "")
