@@ -139,3 +139,19 @@ def test_report_table_markdown_and_png(tmp_path):
     assert md.startswith("# title") and "| int8 | 89.50% |" in md and "![" in md
     assert os.path.getsize(paths["png"]) > 1000
     report.write(str(tmp_path), "empty", "t", rows[2:], [])  # nothing measured: still writes
+
+
+def test_compress_is_callable_and_still_the_package():
+    import importlib
+    import scalenn.compress.recipe as recipe_module
+    from scalenn.compress import distill
+    assert callable(scalenn.compress) and scalenn.compress.recipe is recipe_module
+    assert importlib.import_module("scalenn.compress") is scalenn.compress
+    assert distill.DistillationLoss is scalenn.DistillationLoss
+
+
+def test_effective_nonzero_sees_torch_prune_masks():
+    import torch.nn.utils.prune as tprune
+    model = mlp()
+    tprune.l1_unstructured(model[1], "weight", amount=0.5)
+    assert effective_nonzero(model) == count_params(model) - 784 * 128 // 2
