@@ -95,6 +95,9 @@ def main(args) -> int:
         return 2
     xtr, ytr, xte, yte = loaded
     loader = training.TensorBatches(xtr, ytr, BATCH, shuffle=True, seed=0)
+    # Fine-tuning the CNN overfits in 2 epochs without it (train 95% / test 89.5%).
+    augmented = training.TensorBatches(xtr, ytr, BATCH, shuffle=True, seed=2,
+                                       augment=training.flip_and_shift)
     evaluate = lambda m: training.evaluate(m, xte, yte)
     os.makedirs(out, exist_ok=True)
     log: List[str] = []
@@ -135,7 +138,8 @@ def main(args) -> int:
            f"({len(trainable)} tensors trained): test top-1 {100 * head_top1:.2f}%")
     unfreeze(cnn)
     opt = torch.optim.Adam(param_groups(cnn, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR))
-    training.fit(cnn, loader, opt, cfg["finetune_epochs"], desc="[2/3] CNN fine-tune all")
+    training.fit(cnn, augmented, opt, cfg["finetune_epochs"],
+                 desc="[2/3] CNN fine-tune all (flip/shift augmentation)")
     cnn.eval()
     cnn_top1 = evaluate(cnn)
     result(f"CNN fine-tuned end to end (backbone lr {BACKBONE_LR:g}, head lr {HEAD_LR:g}): test top-1 "
@@ -163,7 +167,7 @@ def main(args) -> int:
         student = copy.deepcopy(cnn)
         sparse, rep = scalenn.compress(student, compression_recipe(cfg["compress_epochs"],
                                                                   cfg["compress_steps"]),
-                                       loader, evaluate, teacher=cnn, log=_say)
+                                       augmented, evaluate, teacher=cnn, log=_say)
         sparse.eval()
         sparse_nonzero = rep["nonzero_params"]
         curves.append(("gradual + distillation (per epoch)", [(0.0, cnn_top1)] + [

@@ -155,3 +155,23 @@ def test_effective_nonzero_sees_torch_prune_masks():
     model = mlp()
     tprune.l1_unstructured(model[1], "weight", amount=0.5)
     assert effective_nonzero(model) == count_params(model) - 784 * 128 // 2
+
+
+def test_flip_and_shift_augmentation_against_a_loop():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 2, 9, 7)
+    got = training.flip_and_shift(x, g, max_shift=2)
+    # replay the same random draws and build the reference image by image
+    g = torch.Generator().manual_seed(5)
+    flip = torch.rand(6, generator=g) < 0.5
+    oy = torch.randint(0, 5, (6,), generator=g)
+    ox = torch.randint(0, 5, (6,), generator=g)
+    fill = float(torch.where(flip[:, None, None, None], x.flip(-1), x).min())
+    for i in range(6):
+        img = x[i].flip(-1) if flip[i] else x[i]
+        canvas = torch.full((2, 13, 11), fill)
+        canvas[:, 2:11, 2:9] = img
+        assert torch.equal(got[i], canvas[:, oy[i]:oy[i] + 9, ox[i]:ox[i] + 7])
+    assert training.flip_and_shift(torch.randn(0, 1, 4, 4)).shape == (0, 1, 4, 4)
+    loader = training.TensorBatches(x, torch.zeros(6).long(), 4, augment=training.flip_and_shift)
+    assert [b[0].shape for b in loader] == [(4, 2, 9, 7), (2, 2, 9, 7)]
