@@ -95,9 +95,11 @@ def main(args) -> int:
         return 2
     xtr, ytr, xte, yte = loaded
     loader = training.TensorBatches(xtr, ytr, BATCH, shuffle=True, seed=0)
-    # Fine-tuning the CNN overfits in 2 epochs without it (train 95% / test 89.5%).
-    augmented = training.TensorBatches(xtr, ytr, BATCH, shuffle=True, seed=2,
-                                       augment=training.flip_and_shift)
+    # Fine-tuning the CNN overfits in 2 epochs without augmentation (train 95% / test 89.5%);
+    # flip + 2-pixel shifts underfit in that budget (train 86% / test 89.4%): flips only.
+    augmented = training.TensorBatches(
+        xtr, ytr, BATCH, shuffle=True, seed=2,
+        augment=lambda x, g: training.flip_and_shift(x, g, max_shift=0))
     evaluate = lambda m: training.evaluate(m, xte, yte)
     os.makedirs(out, exist_ok=True)
     log: List[str] = []
@@ -138,11 +140,15 @@ def main(args) -> int:
            f"({len(trainable)} tensors trained): test top-1 {100 * head_top1:.2f}%")
     unfreeze(cnn)
     opt = torch.optim.Adam(param_groups(cnn, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR))
-    training.fit(cnn, augmented, opt, cfg["finetune_epochs"],
-                 desc="[2/3] CNN fine-tune all (flip/shift augmentation)")
+    # cosine decay of both learning rates to zero over the fine-tuning steps
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=cfg["finetune_epochs"] * len(augmented))
+    training.fit(cnn, augmented, opt, cfg["finetune_epochs"], on_step=decay.step,
+                 desc="[2/3] CNN fine-tune all (flip augmentation, cosine LR)")
     cnn.eval()
     cnn_top1 = evaluate(cnn)
-    result(f"CNN fine-tuned end to end (backbone lr {BACKBONE_LR:g}, head lr {HEAD_LR:g}): test top-1 "
+    result(f"CNN fine-tuned end to end (backbone lr {BACKBONE_LR:g}, head lr {HEAD_LR:g}, cosine"
+           f" decay): test top-1 "
            f"{100 * cnn_top1:.2f}% ({time.perf_counter() - t0:.0f} s)")
     import scalenn
     scalenn.save(cnn, os.path.join(out, "cnn_dense.safetensors"))
