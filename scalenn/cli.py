@@ -1,4 +1,4 @@
-"""The `scalenn` command line: info, demo, bench (and compress, once it lands)."""
+"""The `scalenn` command line: info, demo, bench, compress."""
 import argparse
 import sys
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller, faster version (tests)")
     demo.add_argument("--out", default="demo_out", help="folder for the report (default demo_out)")
 
+    from .compress import command as compress_command
+    compress_command.add_parser(sub)
+
     from . import bench
     b = sub.add_parser("bench", help="side-by-side benchmarks; tables and plots in --out")
     b.add_argument("name", help="one of: " + ", ".join(bench.available()))
@@ -59,6 +62,9 @@ def main(argv=None) -> int:
         return demo_main(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "compress":
+        from .compress.command import run as compress_run
+        return compress_run(args)
     return 2
 
 
