@@ -10,18 +10,11 @@
 #include <vector>
 
 #include "../checks.h"
+#include "float_kind.h"
 #include "bucket_kernels.h"
 
 namespace scalenn::cpu {
 namespace {
-
-FloatKind float_kind(at::ScalarType st) {
-  switch (st) {
-    case at::kBFloat16: return FloatKind::bf16;
-    case at::kHalf: return FloatKind::f16;
-    default: return FloatKind::f32;
-  }
-}
 
 // About 128 KiB of fp32 per task: big enough to amortize a task, small enough to split a
 // 25 MB bucket over every thread.

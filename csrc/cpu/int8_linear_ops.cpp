@@ -11,18 +11,11 @@
 #include <string>
 
 #include "../checks.h"
+#include "float_kind.h"
 #include "int8_gemm_kernels.h"
 
 namespace scalenn::cpu {
 namespace {
-
-FloatKind float_kind(at::ScalarType st) {
-  switch (st) {
-    case at::kBFloat16: return FloatKind::bf16;
-    case at::kHalf: return FloatKind::f16;
-    default: return FloatKind::f32;
-  }
-}
 
 Activation parse_activation(const std::string& name, const char* op) {
   if (name == "none") return Activation::none;

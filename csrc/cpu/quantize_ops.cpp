@@ -8,18 +8,11 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "float_kind.h"
 #include "quantize_kernels.h"
 
 namespace scalenn::cpu {
 namespace {
-
-FloatKind float_kind(at::ScalarType st) {
-  switch (st) {
-    case at::kBFloat16: return FloatKind::bf16;
-    case at::kHalf: return FloatKind::f16;
-    default: return FloatKind::f32;
-  }
-}
 
 // About 64 KiB of input per task, so tiny rows are batched and long rows split one per task.
 int64_t row_grain(int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)); }
