@@ -154,10 +154,10 @@ def test_report_table_markdown_and_png(tmp_path):
             {"variant": "int8", "top1": 0.895, "params": 1000, "nonzero": 1000, "bytes": 1000,
              "latency": {1: 1e-4, 256: 2e-3}, "status": "ok"},
             {"variant": "scalenn sparse",
-             "status": "skipped: scalenn.prune not available in this build"}]
+             "status": "skipped: no CUDA device"}]
     text = report.format_table(rows)
     assert "4.00x" in text and "2.00x" in text and "90.00%" in text and "89.50%" in text
-    assert "skipped: scalenn.prune not available in this build" in text
+    assert "skipped: no CUDA device" in text
     paths = report.write(str(tmp_path), "r", "title", rows, [("curve", [(0.0, 0.9), (0.5, 0.8)])])
     md = open(paths["md"]).read()
     assert md.startswith("# title") and "| int8 | 89.50% |" in md and "![" in md
