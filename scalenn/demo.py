@@ -12,7 +12,6 @@
 `--quick` runs the same steps on a few thousand images (the tests use it).
 """
 import copy
-import inspect
 import os
 import sys
 import time
@@ -24,12 +23,15 @@ import torch.nn as nn
 from . import data, latency, report, training
 from .compress.measure import count_params, effective_nonzero, linear_sparsity, safetensors_bytes
 from .models import mlp, mnist_cnn, pretrained_mnist_state  # noqa: F401 (re-exported)
+from .compress.pipeline import quantize_summary
 from .transfer import freeze, param_groups, replace_head, unfreeze
 
 # Sized for about 5 minutes on 2 cores: CNN training steps (batch 128) cost ~0.1-0.3 s here,
 # so the compression fine-tune runs a fixed number of steps rather than whole epochs.
+# Measured (full data, same dense CNN at 90.02%): 3 x 120 compression steps -> 87.61% after
+# pruning classifier.0 to 90%, 3 x 400 steps -> 89.10% (the issue's target: within 1 point).
 FULL = dict(train=60000, test=10000, mlp_epochs=6, head_epochs=4, finetune_epochs=4,
-            compress_epochs=3, compress_steps=120, latency_rounds=15,
+            compress_epochs=3, compress_steps=400, latency_rounds=15,
             oneshot=(0.5, 0.7, 0.8, 0.9, 0.95), curve_test=2000)
 QUICK = dict(train=3000, test=1000, mlp_epochs=1, head_epochs=2, finetune_epochs=1,
              compress_epochs=1, compress_steps=12, latency_rounds=3, oneshot=(0.5, 0.9),
@@ -39,31 +41,21 @@ BACKBONE_LR, HEAD_LR = 5e-4, 1e-3  # fine-tuning: the pretrained layers move mor
 
 
 def compression_recipe(epochs: int, steps_per_epoch: int) -> Dict[str, Dict]:
-    """The demo's recipe (examples/mnist_cnn.toml holds the same one as a file). The 128x10
-    output layer stays dense when the pruning schedule can be told to skip layers: it holds
-    0.3% of the Linear weights, and pruning it to 90% costs accuracy for no size gain."""
-    import scalenn
-    recipe = {
+    """The demo's recipe (examples/mnist_cnn.toml holds the same one as a file). Only the
+    3136x128 Linear is pruned: the convolutions have no sparse module, and the 128x10 output
+    layer holds 0.3% of the Linear weights, so pruning it costs accuracy for no size gain.
+    `force` packs it as SparseLinear even where sparsify's measured cost model finds the dense
+    layer faster at some batch size (the report prints those measurements): the demo shows the
+    sparse format's size; the latency columns say what it costs or gains."""
+    return {
         "recipe": {"name": "mnist-cnn gradual 90% + distillation", "seed": 0},
         "finetune": {"epochs": epochs, "lr": 5e-4, "optimizer": "adam", "batch_size": BATCH,
                      "max_steps_per_epoch": steps_per_epoch},
         "prune": {"sparsity": 0.9, "pattern": "unstructured", "schedule": "gradual",
-                  "start": 0.0, "end": 0.7, "frequency": 10},
+                  "start": 0.0, "end": 0.7, "frequency": 10, "skip": ["classifier\\.2"],
+                  "force": True},
         "distill": {"temperature": 4.0, "alpha": 0.7},
     }
-    schedule = getattr(scalenn, "PruningSchedule", None)
-    if schedule is not None and "filter" in inspect.signature(schedule).parameters:
-        recipe["prune"]["skip"] = ["classifier\\.2"]
-    return recipe
-
-
-def _skip(name: str) -> str:
-    return f"skipped: scalenn.{name} not available in this build"
-
-
-def _missing(*names: str):
-    import scalenn
-    return next((n for n in names if not hasattr(scalenn, n)), None)
 
 
 def _say(msg: str) -> None:
@@ -159,30 +151,26 @@ def main(args) -> int:
     curves = []
     n_curve = min(cfg["curve_test"], xte.shape[0])
     evaluate_subset = lambda m: training.evaluate(m, xte[:n_curve], yte[:n_curve])
-    oneshot_missing = _missing("prune")
-    if oneshot_missing is None:
-        points = []
-        for s in cfg["oneshot"]:
-            m = copy.deepcopy(cnn)
-            scalenn.prune(m, s, pattern="unstructured", scope="layer")
-            points.append((linear_sparsity(m), evaluate_subset(m)))
-        curves.append((f"one-shot, no fine-tuning ({n_curve} test images)",
-                       [(0.0, evaluate_subset(cnn))] + points))
-    sparse_missing = _missing("prune", "PruningSchedule", "sparsify")
-    sparse, sparse_nonzero = None, None
-    if sparse_missing is None:
-        student = copy.deepcopy(cnn)
-        sparse, rep = scalenn.compress(student, compression_recipe(cfg["compress_epochs"],
-                                                                  cfg["compress_steps"]),
-                                       augmented, evaluate, teacher=cnn, log=_say)
-        sparse.eval()
-        sparse_nonzero = rep["nonzero_params"]
-        curves.append(("gradual + distillation (per epoch)", [(0.0, cnn_top1)] + [
-            (h["linear_sparsity"], h["test_top1"]) for h in rep["history"]]))
-        result(f"CNN pruned to {rep['linear_sparsity']:.0%} of Linear weights with distillation: "
-               f"test top-1 {100 * rep['top1_after']:.2f}% ({time.perf_counter() - t0:.0f} s)")
-    else:
-        result(f"compression of the CNN: {_skip(sparse_missing)}")
+    points = []
+    only_linear = lambda m, name: isinstance(m, nn.Linear) and name != "classifier.2"
+    for s in cfg["oneshot"]:
+        m = copy.deepcopy(cnn)
+        scalenn.prune(m, s, pattern="unstructured", scope="layer", filter=only_linear)
+        points.append((linear_sparsity(m), evaluate_subset(m)))
+    curves.append((f"one-shot, no fine-tuning ({n_curve} test images)",
+                   [(0.0, evaluate_subset(cnn))] + points))
+    student = copy.deepcopy(cnn)
+    sparse, rep = scalenn.compress(student, compression_recipe(cfg["compress_epochs"],
+                                                              cfg["compress_steps"]),
+                                   augmented, evaluate, teacher=cnn, log=_say)
+    sparse.eval()
+    sparse_nonzero = rep["nonzero_params"]
+    curves.append(("gradual + distillation (per epoch)", [(0.0, cnn_top1)] + [
+        (h["linear_sparsity"], h["test_top1"]) for h in rep["history"]]))
+    result(f"CNN pruned to {rep['linear_sparsity']:.0%} of Linear weights with distillation: "
+           f"test top-1 {100 * rep['top1_after']:.2f}% ({time.perf_counter() - t0:.0f} s)")
+    sparsify_step = next(st for st in rep["steps"] if st["step"] == "sparsify")
+    result(f"sparsify: {sparsify_step['detail']}")
 
     # 4. the table
     params = count_params(cnn)
@@ -192,38 +180,35 @@ def main(args) -> int:
     variants["torch.ao dynamic int8"] = torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(cnn), {nn.Linear}, dtype=torch.qint8)
     nonzero["torch.ao dynamic int8"] = nonzero["dense fp32"]
-    if _missing("quantize") is None:
-        variants["scalenn int8"], _ = scalenn.quantize(copy.deepcopy(cnn), scheme="int8_dynamic")
-        nonzero["scalenn int8"] = nonzero["dense fp32"]
-    else:
-        status["scalenn int8"] = _skip("quantize")
-    if sparse is not None:
-        variants["scalenn sparse"] = sparse
-        nonzero["scalenn sparse"] = sparse_nonzero
-        if _missing("quantize") is None:
-            variants["scalenn sparse+int8"], _ = scalenn.quantize(copy.deepcopy(sparse),
-                                                                  scheme="int8_dynamic")
-            nonzero["scalenn sparse+int8"] = sparse_nonzero
-            scalenn.save(variants["scalenn sparse+int8"],
-                         os.path.join(out, "cnn_sparse_int8.safetensors"))
-        else:
-            status["scalenn sparse+int8"] = _skip("quantize")
-    else:
-        status["scalenn sparse"] = status["scalenn sparse+int8"] = _skip(sparse_missing)
+    variants["scalenn int8"], q_dense = scalenn.quantize(copy.deepcopy(cnn),
+                                                         scheme="int8_dynamic")
+    nonzero["scalenn int8"] = nonzero["dense fp32"]
+    status["scalenn int8"] = "ok: int8 " + (", ".join(q_dense.swapped) or "no layer")
+    result(f"scalenn int8: {quantize_summary(q_dense)}")
+    variants["scalenn sparse"] = sparse
+    nonzero["scalenn sparse"] = sparse_nonzero
+    packed = [e["name"] for e in sparsify_step["layers"] if e["choice"] == "sparse"]
+    status["scalenn sparse"] = "ok: SparseLinear " + (", ".join(packed) or "none")
+    variants["scalenn sparse+int8"], q_sparse = scalenn.quantize(copy.deepcopy(sparse),
+                                                                 scheme="int8_dynamic")
+    nonzero["scalenn sparse+int8"] = sparse_nonzero
+    # SparseLinear has no int8 form yet (SparseInt8Linear, issue 7): this row is the sparse
+    # model with int8 only for the Linear layers that are still dense. Say exactly that.
+    status["scalenn sparse+int8"] = (
+        "partial: sparse layers stay fp32 (no SparseInt8Linear yet); int8 " +
+        (", ".join(q_sparse.swapped) or "no layer"))
+    result(f"scalenn sparse+int8: {quantize_summary(q_sparse)}")
+    scalenn.save(variants["scalenn sparse+int8"],
+                 os.path.join(out, "cnn_sparse_int8.safetensors"))
     _say(f"measuring latency side by side ({len(variants)} variants, batch 1 and 256, "
          f"{cfg['latency_rounds']} interleaved rounds)...")
     lat = latency.measure(variants, lambda b: xte[torch.arange(b) % xte.shape[0]].clone(),
                           rounds=cfg["latency_rounds"])
     rows = []
-    for name in ("dense fp32", "torch.ao dynamic int8", "scalenn int8", "scalenn sparse",
-                 "scalenn sparse+int8"):
-        if name in variants:
-            m = variants[name]
-            rows.append({"variant": name, "top1": evaluate(m), "params": params,
-                         "nonzero": nonzero[name], "bytes": safetensors_bytes(m),
-                         "latency": lat[name], "status": "ok"})
-        else:
-            rows.append({"variant": name, "status": status[name]})
+    for name, m in variants.items():
+        rows.append({"variant": name, "top1": evaluate(m), "params": params,
+                     "nonzero": nonzero[name], "bytes": safetensors_bytes(m),
+                     "latency": lat[name], "status": status.get(name, "ok")})
     table = report.format_table(rows)
     _say("\n" + table + "\n")
     elapsed = time.perf_counter() - t_start

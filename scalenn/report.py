@@ -2,8 +2,8 @@
 that `scalenn demo` and `scalenn compress` write into their output folder.
 
 A row is a dict: variant, top1 (0..1), params, nonzero, bytes, latency {batch: seconds}, and
-status ("ok" or why the row is missing, e.g. "skipped: scalenn.prune not available in this
-build"). Missing numbers print as "-".
+status ("ok", what the row does and does not contain, or why it is missing, e.g. "skipped:
+no CUDA device"). Missing numbers print as "-".
 """
 import os
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -1,4 +1,4 @@
-"""The command line as a user runs it: scalenn info, scalenn bench, scalenn demo."""
+"""The command line as a user runs it: scalenn info, scalenn bench (scalenn demo: tests/test_demo.py)."""
 import json
 import os
 import subprocess
@@ -42,10 +42,3 @@ def test_bench_quantize_writes_json_md_png(tmp_path):
 def test_bench_unknown_name_is_clear_error():
     result = run_cli("bench", "nonexistent")
     assert result.returncode == 2 and "available" in result.stderr
-
-
-@pytest.mark.slow
-def test_demo_runs():
-    result = run_cli("demo", "--quick")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()

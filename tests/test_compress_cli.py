@@ -87,15 +87,9 @@ def test_happy_path_writes_loadable_model_recipe_and_report(setup):
     assert training.evaluate(model, test["x"], test["y"]) == rep["rows"][1]["top1"]
     md = open(os.path.join(out, "report.md")).read()
     steps = {st["step"]: st["status"] for st in rep["steps"]}
-    if not hasattr(scalenn, "prune"):
-        assert steps["prune"] == "skipped: scalenn.prune not available in this build"
-        assert "skipped: scalenn.prune not available in this build" in md
-    else:
-        assert steps["prune"] in ("scheduled", "done")
-    if not hasattr(scalenn, "quantize"):
-        assert steps["quantize"] == "skipped: scalenn.quantize not available in this build"
-    else:
-        assert steps["quantize"] == "done"
+    assert steps["prune"] in ("scheduled", "done")
+    assert steps["sparsify"] == "done" and steps["quantize"] == "done"
+    assert "**sparsify**: done — SparseLinear: " in md and "kept dense: " in md
     assert "| dense (as loaded) |" in md and "latency b=256" in md
 
 

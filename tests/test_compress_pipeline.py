@@ -40,27 +40,51 @@ def test_compress_python_form_finetunes_with_distillation_and_reports_steps():
     assert any("before compression" in line for line in logs)
 
 
-def test_compress_runs_prune_and_quantize_or_says_they_are_missing():
+def test_compress_prunes_packs_and_quantizes_and_reports_each_layer():
     xtr, ytr = separable(128, 3)
     model = mlp()
     recipe = {"finetune": {"epochs": 1, "batch_size": 32},
-              "prune": {"sparsity": 0.75, "frequency": 1, "end": 0.5},
-              "quantize": {}}
+              "prune": {"sparsity": 0.75, "frequency": 1, "end": 0.5, "skip": ["5"],
+                        "force": True},
+              "quantize": {"force": True}}
     out, rep = scalenn.compress(model, recipe, training.TensorBatches(xtr, ytr, 32),
                                 progress=False, log=lambda s: None)
-    steps = {s["step"]: s["status"] for s in rep["steps"]}
-    if hasattr(scalenn, "prune") and hasattr(scalenn, "PruningSchedule"):
-        assert steps["prune"] == "scheduled" and steps["finetune"] == "done"
-        assert rep["linear_sparsity"] >= 0.7
-    else:
-        assert steps["prune"].startswith("skipped: scalenn.")
-        assert steps["prune"].endswith("not available in this build")
-        assert steps["finetune"].startswith("skipped")
-    if hasattr(scalenn, "quantize"):
-        assert steps["quantize"] == "done"
-    else:
-        assert steps["quantize"] == "skipped: scalenn.quantize not available in this build"
+    steps = {s["step"]: s for s in rep["steps"]}
+    assert [s["step"] for s in rep["steps"]] == ["prune", "finetune", "sparsify", "quantize"]
+    assert steps["prune"]["status"] == "scheduled" and steps["finetune"]["status"] == "done"
+    names = [n for n, m in mlp().named_modules() if isinstance(m, nn.Linear)]
+    # every Linear but the skipped one is packed (forced) and named in the report; the skipped
+    # one is quantized; SparseLinear stays fp32 and the quantize step says why
+    packed = [e["name"] for e in steps["sparsify"]["layers"] if e["choice"] == "sparse"]
+    assert packed == [n for n in names if n != "5"]
+    for n in packed:
+        assert isinstance(out.get_submodule(n), scalenn.nn.SparseLinear)
+        assert f"{n} csr density" in steps["sparsify"]["detail"]
+    assert isinstance(out.get_submodule("5"), scalenn.nn.Int8Linear)
+    assert "Int8Linear: 5;" in steps["quantize"]["detail"]
+    assert "SparseLinear is another compressed format" in steps["quantize"]["detail"]
+    assert rep["linear_sparsity"] >= 0.7
     assert out(xtr[:4]).shape == (4, 10)
+
+
+def test_compress_prunes_only_linear_layers_and_saves_no_masks(tmp_path):
+    """Convolutions stay dense (no sparse module to pack them into): a pruned conv would be
+    saved as its unmasked original plus a mask, bigger than the dense layer."""
+    from scalenn.models import mnist_cnn
+    x = torch.randn(64, 1, 28, 28)
+    y = torch.randint(0, 10, (64,))
+    model = mnist_cnn()
+    dense_bytes = safetensors_bytes(model)
+    recipe = {"finetune": {"epochs": 1}, "prune": {"sparsity": 0.9, "schedule": "oneshot",
+                                                   "skip": ["classifier\\.2"], "force": True}}
+    out, rep = scalenn.compress(model, recipe, [(x[:32], y[:32]), (x[32:], y[32:])],
+                                progress=False, log=lambda s: None)
+    assert [e["name"] for e in rep["steps"][2]["layers"]] == ["classifier.0"]
+    assert not any("mask" in k or "original" in k for k in out.state_dict())
+    assert int(torch.count_nonzero(out.features[3].weight)) == out.features[3].weight.numel()
+    assert type(out.classifier[2]) is nn.Linear
+    # 90% of 3136x128 gone, stored as fp32 values + int16 column indices
+    assert safetensors_bytes(out) < 0.3 * dense_bytes
 
 
 def test_compress_rejects_bad_input():
@@ -130,10 +154,10 @@ def test_report_table_markdown_and_png(tmp_path):
             {"variant": "int8", "top1": 0.895, "params": 1000, "nonzero": 1000, "bytes": 1000,
              "latency": {1: 1e-4, 256: 2e-3}, "status": "ok"},
             {"variant": "scalenn sparse",
-             "status": "skipped: scalenn.prune not available in this build"}]
+             "status": "skipped: no CUDA device"}]
     text = report.format_table(rows)
     assert "4.00x" in text and "2.00x" in text and "90.00%" in text and "89.50%" in text
-    assert "skipped: scalenn.prune not available in this build" in text
+    assert "skipped: no CUDA device" in text
     paths = report.write(str(tmp_path), "r", "title", rows, [("curve", [(0.0, 0.9), (0.5, 0.8)])])
     md = open(paths["md"]).read()
     assert md.startswith("# title") and "| int8 | 89.50% |" in md and "![" in md

@@ -97,3 +97,49 @@ def test_pretrained_cnn_loads_ccexam_weights_exactly():
         assert torch.equal(model.state_dict()[k], v)
     with pytest.raises(ValueError, match=r"\[N, 1, 28, 28\]"):
         model(torch.randn(2, 1, 20, 20))
+
+
+def test_compressed_model_reloads_and_trains_a_new_head_without_decompressing(tmp_path):
+    """Model reuse (issue 8 item 5): a pruned+packed (SparseLinear) and int8 (Int8Linear) CNN
+    written by scalenn.save loads into a freshly constructed mnist_cnn; a new head then trains
+    on top while the compressed layers stay compressed and frozen."""
+    torch.manual_seed(0)
+    model = mnist_cnn()
+    only_fc1 = lambda m, name: name == "classifier.0"
+    scalenn.prune(model, 0.9, filter=only_fc1)
+    model, _ = scalenn.sparsify(model, filter=only_fc1, force=True)
+    model, _ = scalenn.quantize(model, filter=["classifier\\.2"], force=True)
+    assert isinstance(model.classifier[0], scalenn.nn.SparseLinear)
+    assert isinstance(model.classifier[2], scalenn.nn.Int8Linear)
+    path = str(tmp_path / "cnn.safetensors")
+    scalenn.save(model, path)
+
+    fresh = scalenn.load(mnist_cnn(), path).eval()
+    x = torch.randn(64, 1, 28, 28)
+    assert isinstance(fresh.classifier[0], scalenn.nn.SparseLinear)
+    assert isinstance(fresh.classifier[2], scalenn.nn.Int8Linear)
+    torch.testing.assert_close(fresh(x), model.eval()(x), rtol=0, atol=0)
+
+    head = scalenn.replace_head(fresh, num_classes=3)
+    assert fresh.classifier[2] is head and type(head) is nn.Linear
+    assert scalenn.freeze(fresh, except_=["classifier.2"]) == ["classifier.2.weight",
+                                                               "classifier.2.bias"]
+    frozen = {k: v.clone() for k, v in fresh.state_dict().items() if not k.startswith("classifier.2")}
+    with torch.no_grad():  # labels a linear head on the frozen (compressed) features can learn
+        hidden = fresh.classifier[1](fresh.classifier[0](fresh.features(x).flatten(1)))
+        y = (hidden @ torch.randn(128, 3)).argmax(1)
+    opt = torch.optim.Adam(head.parameters(), lr=5e-2)
+    losses = []
+    fresh.train()
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(fresh(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert isinstance(fresh.classifier[0], scalenn.nn.SparseLinear)  # never decompressed
+    for k, v in fresh.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    assert fresh.classifier[0].values.grad is None

@@ -4,13 +4,16 @@ Steps, in order, each recorded in the returned report:
   1. prune (oneshot before fine-tuning, or gradual: scalenn.PruningSchedule stepped once per
      optimizer step during fine-tuning);
   2. fine-tune (with scalenn.DistillationLoss from the model as given when [distill] is set);
-  3. pack: masked Linear -> scalenn.nn.SparseLinear (scalenn.sparsify), or bake the masks into
-     dense weights (scalenn.remove_masks) when [prune] pack = false;
-  4. quantize (scalenn.quantize; Linear -> Int8Linear, sparse layers -> SparseInt8Linear).
-A step whose API is not in this build is reported as skipped, never emulated.
+  3. pack: masked Linear -> scalenn.nn.SparseLinear (scalenn.sparsify; its measured cost model
+     keeps a layer dense where the sparse kernel loses, unless [prune] force = true), or bake the
+     masks into dense weights (scalenn.remove_masks) when [prune] pack = false;
+  4. quantize (scalenn.quantize: nn.Linear -> Int8Linear where its cost model says int8 pays, or
+     every one with [quantize] force = true). SparseLinear layers stay sparse float32: their int8
+     form (SparseInt8Linear, issue 7) does not exist yet, and the report says so per layer.
+Only nn.Linear layers are pruned: convolutions have no sparse module to be packed into, and a
+pruned conv would only carry its mask and unmasked original around.
 """
 import copy
-import inspect
 import re
 import sys
 import time
@@ -28,23 +31,14 @@ from .recipe import load_recipe, parse_recipe
 RecipeLike = Union[str, Dict[str, Dict[str, Any]]]
 
 
-def _available(name: str) -> bool:
-    import scalenn
-    return hasattr(scalenn, name)
-
-
-def _skipped(name: str) -> str:
-    return f"skipped: scalenn.{name} not available in this build"
-
-
-def layer_filter(layers, skip) -> Optional[Callable[[nn.Module, str], bool]]:
-    """fn(module, name) for the scalenn filter= argument: names matching any `layers` regex
-    (re.search; all when empty) and no `skip` regex (whole name)."""
-    if not layers and not skip:
-        return None
+def layer_filter(layers, skip) -> Callable[[nn.Module, str], bool]:
+    """fn(module, name) for the scalenn filter= argument of prune/PruningSchedule/sparsify:
+    nn.Linear layers whose names match any `layers` regex (re.search; all when empty) and no
+    `skip` regex (whole name)."""
     keep = [re.compile(p) for p in layers]
     drop = [re.compile(p) for p in skip]
-    return lambda module, name: ((not keep or any(p.search(name) for p in keep))
+    return lambda module, name: (isinstance(module, nn.Linear)
+                                 and (not keep or any(p.search(name) for p in keep))
                                  and not any(p.fullmatch(name) for p in drop))
 
 
@@ -71,18 +65,7 @@ def _pruning_schedule(model, p: Dict[str, Any], total_steps: int, filt):
     kwargs = dict(final_sparsity=p["sparsity"], start_step=int(p["start"] * total_steps),
                   end_step=max(1, int(p["end"] * total_steps)), frequency=p["frequency"],
                   pattern=p["pattern"], initial_sparsity=p["initial_sparsity"])
-    accepted = inspect.signature(scalenn.PruningSchedule).parameters
-    if filt is not None:
-        if "filter" not in accepted:
-            raise ValueError("compress: [prune] layers/skip need scalenn.PruningSchedule(filter=)"
-                             ", which this build lacks; remove them or use schedule = \"oneshot\"")
-        kwargs["filter"] = filt
-    if "scope" in accepted:
-        kwargs["scope"] = p["scope"]
-    elif p["scope"] != "layer":
-        raise ValueError("compress: [prune] scope = \"global\" needs scalenn.PruningSchedule(scope=)"
-                         ", which this build lacks; use scope = \"layer\"")
-    return scalenn.PruningSchedule(model, **kwargs)
+    return scalenn.PruningSchedule(model, scope=p["scope"], filter=filt, **kwargs)
 
 
 def compress(model: nn.Module, recipe: RecipeLike, train_loader,
@@ -121,17 +104,13 @@ def compress(model: nn.Module, recipe: RecipeLike, train_loader,
     prune_filter = layer_filter(prune_cfg["layers"], prune_cfg["skip"]) if prune_cfg else None
     max_steps = ft["max_steps_per_epoch"] or None
     if prune_cfg is not None:
-        if not _available("prune"):
-            record("prune", _skipped("prune"))
-        elif prune_cfg["schedule"] == "oneshot":
+        if prune_cfg["schedule"] == "oneshot":
             res = scalenn.prune(model, prune_cfg["sparsity"], pattern=prune_cfg["pattern"],
                                 scope=prune_cfg["scope"], filter=prune_filter)
             prune_active = True
             record("prune", "done", f"one-shot to {prune_cfg['sparsity']:.0%} "
                    f"({prune_cfg['pattern']}, {prune_cfg['scope']}); measured Linear sparsity "
                    f"{linear_sparsity(model):.1%}", result=str(res))
-        elif not _available("PruningSchedule"):
-            record("prune", _skipped("PruningSchedule"))
         else:
             total = ft["epochs"] * _steps_per_epoch(train_loader, ft["max_steps_per_epoch"])
             schedule = _pruning_schedule(model, prune_cfg, total, prune_filter)
@@ -144,8 +123,6 @@ def compress(model: nn.Module, recipe: RecipeLike, train_loader,
     # 2. fine-tune (with distillation)
     if ft["epochs"] == 0:
         record("finetune", "skipped", "[finetune] epochs = 0")
-    elif prune_cfg is not None and not prune_active:
-        record("finetune", "skipped: it serves the pruning step, which did not run")
     else:
         loss_fn = training.cross_entropy
         what = "cross entropy"
@@ -190,32 +167,45 @@ def compress(model: nn.Module, recipe: RecipeLike, train_loader,
     # 3. pack the pruned layers
     if prune_active:
         if prune_cfg["pack"]:
-            if _available("sparsify"):
-                model, res = scalenn.sparsify(model, filter=prune_filter)
-                record("sparsify", "done", "masked Linear -> scalenn.nn.SparseLinear",
-                       result=str(res))
-            else:
-                record("sparsify", _skipped("sparsify"))
-        elif _available("remove_masks"):
+            model, res = scalenn.sparsify(model, filter=prune_filter, force=prune_cfg["force"])
+            record("sparsify", "done", sparsify_summary(res),
+                   result=str(res), layers=res.to_dict()["layers"])
+        else:
             scalenn.remove_masks(model)
             record("sparsify", "done", "pack = false: masks baked into dense weights")
-        else:
-            record("sparsify", _skipped("remove_masks"))
 
     # 4. quantize
     if "quantize" in recipe:
         q = recipe["quantize"]
-        if _available("quantize"):
-            model, res = scalenn.quantize(model, scheme=q["scheme"], filter=q["layers"] or None,
-                                          skip=tuple(q["skip"]))
-            record("quantize", "done", q["scheme"], result=str(res))
-        else:
-            record("quantize", _skipped("quantize"))
+        model, res = scalenn.quantize(model, scheme=q["scheme"], filter=q["layers"] or None,
+                                      skip=tuple(q["skip"]), force=q["force"])
+        record("quantize", "done", quantize_summary(res), result=str(res))
 
     if eval_fn is not None:
         report["top1_after"] = float(eval_fn(model))
         log(f"[evaluate] after compression: top-1 {100 * report['top1_after']:.2f}%")
     return model, report
+
+
+def sparsify_summary(res) -> str:
+    """One line: which Linear layers sparsify packed and which it kept dense, and why."""
+    packed = [f"{e.name} {e.layout} density {e.density:.3f} ({e.reason}; {_speedups(e)})"
+              for e in res.layers if e.choice == "sparse"]
+    dense = [f"{e.name} ({e.reason}; {_speedups(e)})" if e.speedup else f"{e.name} ({e.reason})"
+             for e in res.layers if e.choice != "sparse"]
+    return ("SparseLinear: " + (", ".join(packed) or "none") +
+            "; kept dense: " + (", ".join(dense) or "none"))
+
+
+def _speedups(e) -> str:
+    return "sparse/dense speed " + " ".join(f"M={m}:{r:.2f}x" for m, r in e.speedup.items())
+
+
+def quantize_summary(res) -> str:
+    """One line: which layers became Int8Linear and which were kept, and why."""
+    kept = [f"{e['name']} ({e['reason']})" for e in res.entries if e["action"] != "int8"]
+    return (f"{res.scheme}: Int8Linear: " + (", ".join(res.swapped) or "none") +
+            "; kept: " + (", ".join(kept) or "none"))
 
 
 class _CallablePackage(types.ModuleType):

@@ -20,7 +20,9 @@ line that names the key and says how to fix it.
     start = 0.0                # gradual: ramp from this fraction of the fine-tune steps ...
     end = 0.7                  # ... to this one, then hold the final sparsity
     frequency = 20             # gradual: optimizer steps between mask updates
-    layers = ["classifier\\.0"]  # regexes of the Linear layers to prune (default: all)
+    layers = ["classifier\\.0"]  # regexes of the Linear layers to prune (default: all Linear)
+    pack = true                # SparseLinear where sparsify's measured cost model says it pays
+    force = false              # true: pack every pruned Linear (smallest file) regardless
 
     [distill]                  # teacher = the model as loaded, before compression
     temperature = 4.0
@@ -29,6 +31,7 @@ line that names the key and says how to fix it.
     [quantize]
     scheme = "int8_dynamic"
     skip = ["classifier\\.2"]  # layers kept in floating point (whole-name regexes)
+    force = false              # true: int8 for every selected Linear, whatever the cost model
 """
 import difflib
 import math
@@ -132,6 +135,7 @@ SCHEMA: Dict[str, Dict[str, tuple]] = {
         "layers": ([], _regex_list),
         "skip": ([], _regex_list),
         "pack": (True, _check_bool),
+        "force": (False, _check_bool),  # pack every pruned Linear, whatever the cost model says
     },
     "distill": {
         "temperature": (4.0, _check_range(0, 100, lo_open=True, example="temperature = 4.0")),
@@ -143,6 +147,7 @@ SCHEMA: Dict[str, Dict[str, tuple]] = {
         "scheme": ("int8_dynamic", _choice(SCHEMES)),
         "layers": ([], _regex_list),
         "skip": ([], _regex_list),
+        "force": (False, _check_bool),  # int8 for every selected Linear, whatever the cost model
     },
 }
 REQUIRED = {("prune", "sparsity")}
