@@ -1,5 +1,7 @@
 #include "int8_gemm_kernels.h"
 
+#include "row_absmax.h"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -9,8 +11,6 @@
 
 namespace scalenn::cpu {
 namespace {
-
-constexpr float kQMax = 127.0f;
 
 inline int32_t load_u32(const uint8_t* p) {
   int32_t v;
@@ -43,21 +43,11 @@ inline RowScale row_scale_for(float amax, bool nonfinite, float static_scale) {
   return {amax / kQMax, amax > 0.0f ? kQMax / amax : 0.0f, true};
 }
 
-inline int8_t quantize_value(float v, float inv) {
-  float r = std::nearbyint(v * inv);  // default rounding mode: half to even
-  r = r > kQMax ? kQMax : (r < -kQMax ? -kQMax : r);
-  return static_cast<int8_t>(r);
-}
-
 void quantize_row_scalar(FloatKind kind, const void* x, int64_t K, int64_t Kp, float static_scale,
                          uint8_t xor_bits, uint8_t* a, float* scale) {
   float amax = 0.0f;
   bool nonfinite = false;
-  for (int64_t k = 0; k < K; ++k) {
-    float v = std::fabs(load_scalar(kind, x, k));
-    nonfinite |= !(v <= FLT_MAX);
-    amax = v > amax ? v : amax;
-  }
+  row_absmax_scalar(kind, x, 0, K, &amax, &nonfinite);
   RowScale s = row_scale_for(amax, nonfinite, static_scale);
   *scale = s.scale;
   if (!s.finite) {
@@ -72,26 +62,8 @@ void quantize_row_scalar(FloatKind kind, const void* x, int64_t K, int64_t Kp, f
 SCALENN_TARGET_AVX2 void quantize_row_avx2(FloatKind kind, const void* x, int64_t K, int64_t Kp,
                                            float static_scale, uint8_t xor_bits, uint8_t* a,
                                            float* scale) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256 fmax = _mm256_set1_ps(FLT_MAX);
-  __m256 vmax = _mm256_setzero_ps();
-  __m256 bad = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 v = _mm256_andnot_ps(sign, load8(kind, x, k));
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, fmax, _CMP_NLE_UQ));
-    vmax = _mm256_max_ps(vmax, v);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (float v : lanes) amax = v > amax ? v : amax;
-  bool nonfinite = _mm256_movemask_ps(bad) != 0;
-  for (; k < K; ++k) {
-    float v = std::fabs(load_scalar(kind, x, k));
-    nonfinite |= !(v <= FLT_MAX);
-    amax = v > amax ? v : amax;
-  }
+  bool nonfinite = false;
+  const float amax = row_absmax_avx2(kind, x, K, &nonfinite);
   RowScale s = row_scale_for(amax, nonfinite, static_scale);
   *scale = s.scale;
   if (!s.finite) {
@@ -101,7 +73,7 @@ SCALENN_TARGET_AVX2 void quantize_row_avx2(FloatKind kind, const void* x, int64_
   const __m256 inv = _mm256_set1_ps(s.inv);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   const __m128i flip = _mm_set1_epi8(static_cast<char>(xor_bits));
-  k = 0;
+  int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     __m256i i32 = _mm256_cvtps_epi32(_mm256_mul_ps(load8(kind, x, k), inv));  // MXCSR: RNE
     i32 = _mm256_min_epi32(_mm256_max_epi32(i32, lo), hi);
@@ -117,15 +89,9 @@ SCALENN_TARGET_AVX2 void quantize_row_avx2(FloatKind kind, const void* x, int64_
 SCALENN_TARGET_AVX512 void quantize_row_avx512(FloatKind kind, const void* x, int64_t K,
                                                int64_t Kp, float static_scale, uint8_t xor_bits,
                                                uint8_t* a, float* scale) {
-  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
-  __m512 vmax = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  for (int64_t k = 0; k < K; k += 16) {
-    __m512 v = _mm512_abs_ps(load16(kind, x, k, tail_mask16(K - k)));  // masked lanes load 0
-    bad |= _mm512_cmp_ps_mask(v, fmax, _CMP_NLE_UQ);
-    vmax = _mm512_max_ps(vmax, v);
-  }
-  RowScale s = row_scale_for(_mm512_reduce_max_ps(vmax), bad != 0, static_scale);
+  bool nonfinite = false;
+  const float amax = row_absmax_avx512(kind, x, K, &nonfinite);
+  RowScale s = row_scale_for(amax, nonfinite, static_scale);
   *scale = s.scale;
   if (!s.finite) {
     std::memset(a, xor_bits, Kp);

@@ -1,5 +1,7 @@
 #include "quantize_kernels.h"
 
+#include "row_absmax.h"
+
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -7,8 +9,6 @@
 
 namespace scalenn::cpu {
 namespace {
-
-constexpr float kQMax = 127.0f;
 
 // Shared by every ISA once amax is known, so all paths agree bit for bit.
 struct RowScale {
@@ -23,21 +23,11 @@ inline RowScale row_scale(float amax, bool nonfinite) {
   return {amax / kQMax, amax > 0.0f ? kQMax / amax : 0.0f, true};
 }
 
-inline int8_t quantize_value(float v, float inv) {
-  float r = std::nearbyint(v * inv);  // default rounding mode: half to even, like torch.round
-  r = r > kQMax ? kQMax : (r < -kQMax ? -kQMax : r);
-  return static_cast<int8_t>(r);
-}
-
 // ---------------- scalar ----------------
 void quantize_row_scalar(FloatKind kind, const void* x, int64_t K, int8_t* q, float* scale) {
   float amax = 0.0f;
   bool nonfinite = false;
-  for (int64_t k = 0; k < K; ++k) {
-    float a = std::fabs(load_scalar(kind, x, k));
-    nonfinite |= !(a <= FLT_MAX);
-    amax = a > amax ? a : amax;
-  }
+  row_absmax_scalar(kind, x, 0, K, &amax, &nonfinite);
   RowScale s = row_scale(amax, nonfinite);
   *scale = s.scale;
   if (!s.finite) {
@@ -55,26 +45,8 @@ void dequantize_row_scalar(FloatKind kind, const int8_t* q, float scale, int64_t
 // ---------------- AVX2 ----------------
 SCALENN_TARGET_AVX2 void quantize_row_avx2(FloatKind kind, const void* x, int64_t K, int8_t* q,
                                            float* scale, const char* next_row) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256 fmax = _mm256_set1_ps(FLT_MAX);
-  __m256 vmax = _mm256_setzero_ps();
-  __m256 bad = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 a = _mm256_andnot_ps(sign, load8(kind, x, k));
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
-    vmax = _mm256_max_ps(vmax, a);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (float v : lanes) amax = v > amax ? v : amax;
-  bool nonfinite = _mm256_movemask_ps(bad) != 0;
-  for (; k < K; ++k) {
-    float a = std::fabs(load_scalar(kind, x, k));
-    nonfinite |= !(a <= FLT_MAX);
-    amax = a > amax ? a : amax;
-  }
+  bool nonfinite = false;
+  const float amax = row_absmax_avx2(kind, x, K, &nonfinite);
   RowScale s = row_scale(amax, nonfinite);
   *scale = s.scale;
   if (!s.finite) {
@@ -83,7 +55,7 @@ SCALENN_TARGET_AVX2 void quantize_row_avx2(FloatKind kind, const void* x, int64_
   }
   const __m256 inv = _mm256_set1_ps(s.inv);
   const int64_t elem = kind == FloatKind::f32 ? 4 : 2;
-  k = 0;
+  int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     if (next_row != nullptr) _mm_prefetch(next_row + k * elem, _MM_HINT_T0);  // see avx512
     __m256i i32 = _mm256_cvtps_epi32(_mm256_mul_ps(load8(kind, x, k), inv));  // MXCSR: RNE
@@ -108,19 +80,11 @@ SCALENN_TARGET_AVX2 void dequantize_row_avx2(FloatKind kind, const int8_t* q, fl
 // Main loops on full vectors, one masked step for the tail.
 SCALENN_TARGET_AVX512 void quantize_row_avx512(FloatKind kind, const void* x, int64_t K,
                                                int8_t* q, float* scale, const char* next_row) {
-  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
   const int64_t K16 = K & ~int64_t(15);
   const __mmask16 tail = tail_mask16(K - K16);
-  __m512 vmax = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  auto accumulate = [&](__m512 v) SCALENN_TARGET_AVX512 {
-    __m512 a = _mm512_abs_ps(v);
-    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
-    vmax = _mm512_max_ps(vmax, a);
-  };
-  for (int64_t k = 0; k < K16; k += 16) accumulate(load16(kind, x, k));
-  if (K16 < K) accumulate(load16(kind, x, K16, tail));  // masked lanes load 0
-  RowScale s = row_scale(_mm512_reduce_max_ps(vmax), bad != 0);
+  bool nonfinite = false;
+  const float amax = row_absmax_avx512(kind, x, K, &nonfinite);
+  RowScale s = row_scale(amax, nonfinite);
   *scale = s.scale;
   if (!s.finite) {
     std::memset(q, 0, K);
