@@ -59,10 +59,17 @@ def _extension(torch, cpp_extension, with_cuda):
            "-Wno-unknown-pragmas",
            # gcc 12 false positive inside its own AVX-512 intrinsics headers
            "-Wno-maybe-uninitialized"]
+    # ATen's at::parallel_for is a header template that runs `#pragma omp parallel` in *our*
+    # object code: without -fopenmp the pragma is ignored and every "parallel" loop runs on one
+    # thread. Linking -fopenmp records libgomp.so.1, which resolves to the copy torch already
+    # loaded (same SONAME), so there is one OpenMP thread pool.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx += openmp
     defines = [("SCALENN_VERSION", f'"{_version(torch, with_cuda)}"')]
     # Headers as dependencies, so editing one rebuilds (setuptools only compares sources).
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))
-    kwargs = dict(extra_compile_args={"cxx": cxx}, define_macros=defines, depends=depends)
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=openmp, define_macros=defines,
+                  depends=depends)
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
         kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
