@@ -89,6 +89,18 @@ TORCH_LIBRARY(scalenn, m) {
   // As int8_linear with one calibrated activation scale: q = clamp(round(x / act_scale), +-127).
   m.def("int8_linear_static(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "SymInt out_features, float act_scale, str activation) -> Tensor");
+  // ---- sparse int8 linear (SparseInt8Linear; issue 7) ----
+  // Format ("elem" | "quad") and tensors: csrc/cpu/sparse_int8_kernels.h. out_features is
+  // row_offsets.numel() - 1, in_features is x.size(1).
+  // w_int8 [N, K] int8 in [-127, 127] -> (values int8, rel uint8, base int16, row_offsets int32).
+  m.def("sparse_int8_pack(Tensor w_int8, str format) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Exact int32 accumulators x_int8 [M, K] @ W^T (tests, references).
+  m.def("sparse_int8_gemm_s32(Tensor x_int8, Tensor values, Tensor rel, Tensor base, "
+        "Tensor row_offsets, str format) -> Tensor");
+  // x [M, K] float32/bfloat16/float16 quantized per row (the quantize_per_row contract), int32
+  // accumulation, y = row_scale[m] * w_scale[n] * acc + bias[n] in x.dtype.
+  m.def("sparse_int8_linear(Tensor x, Tensor values, Tensor rel, Tensor base, "
+        "Tensor row_offsets, Tensor w_scale, Tensor? bias, str format) -> Tensor");
 }
 
 namespace {

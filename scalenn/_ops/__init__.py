@@ -7,4 +7,5 @@ from . import gpu_ops  # noqa: F401
 from . import sparse  # noqa: F401
 from . import bucket  # noqa: F401
 from . import int8  # noqa: F401
+from . import sparse_int8  # noqa: F401
 from . import gpu_backends  # noqa: F401  (last: registers Triton kernels for the ops above)

@@ -1,10 +1,10 @@
 """scalenn.quantize / scalenn.calibrate / scalenn.prepare_qat: swap nn.Linear layers for
 Int8Linear in place, with a report of what was swapped, what was kept and why.
 
-Which layers are touched: nn.Linear (and QATLinear, its fake-quantized twin from prepare_qat).
-Every other module type is left alone; compressed modules of other families (e.g. SparseLinear)
-are listed in the report as skipped with the reason, the hook where a combined
-SparseInt8Linear conversion plugs in (see `_convert_other`).
+Which layers are touched: nn.Linear (and QATLinear, its fake-quantized twin from prepare_qat),
+and pruned layers (SparseLinear, or nn.Linear with a scalenn pruning mask), which become
+SparseInt8Linear, a dense Int8Linear or stay as they are, whichever is measured fastest
+(`_quantize_pruned`). Every other module type is left alone.
 """
 from dataclasses import dataclass, field
 from typing import Iterable, List
@@ -14,8 +14,11 @@ import torch.nn as nn
 
 from ..nn.int8_linear import SCHEMES, Int8Linear, QATLinear
 from ..nn.registry import is_compressed
+from ..nn.sparse_int8_linear import SparseInt8Linear
+from ..nn.sparse_linear import SparseLinear
 from ..nn.swap import LayerFilter, make_filter, named_modules_of_type, replace_module
-from . import int8_cost
+from . import int8_cost, sparse_int8_choice
+from .prune import current_mask
 
 
 @dataclass
@@ -26,11 +29,11 @@ class QuantizeReport:
 
     @property
     def swapped(self) -> List[str]:
-        return [e["name"] for e in self.entries if e["action"] == "int8"]
+        return [e["name"] for e in self.entries if e["action"] in ("int8", "sparse_int8")]
 
     @property
     def skipped(self) -> List[str]:
-        return [e["name"] for e in self.entries if e["action"] != "int8"]
+        return [e["name"] for e in self.entries if e["action"] not in ("int8", "sparse_int8")]
 
     def __str__(self) -> str:
         lines = [f"scalenn.quantize(scheme={self.scheme}): {len(self.swapped)} swapped, "
@@ -70,10 +73,17 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
         entry = {"name": name, "type": type(module).__name__,
                  "in_features": getattr(module, "in_features", None),
                  "out_features": getattr(module, "out_features", None)}
-        if isinstance(module, Int8Linear):
+        if isinstance(module, (Int8Linear, SparseInt8Linear)):
             continue  # already converted (a second quantize call is a no-op for it)
+        pruned = isinstance(module, SparseLinear) or (isinstance(module, nn.Linear) and
+                                                      current_mask(module) is not None)
+        if pruned and keep(module, name) and not skip_filter(module, name):
+            action, reason = _quantize_pruned(model, name, module, scheme, force, batch_rows)
+            report.entries.append({**entry, "action": action, "reason": reason})
+            continue
         if is_compressed(module):
-            report.entries.append({**entry, "action": "kept", "reason": _convert_other(module)})
+            report.entries.append({**entry, "action": "kept", "reason":
+                                   f"{type(module).__name__} is another compressed format"})
             continue
         if not isinstance(module, nn.Linear):
             continue
@@ -105,11 +115,43 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
     return model, report
 
 
-def _convert_other(module: nn.Module) -> str:
-    """Hook for compressed layers of other families (issue 7: SparseLinear -> SparseInt8Linear).
-    Until that conversion exists they are kept as they are."""
-    return f"{type(module).__name__} is another compressed format; int8 conversion of it is " \
-           f"not implemented here"
+def _quantize_pruned(model: nn.Module, name: str, module: nn.Module, scheme: str, force: bool,
+                     batch_rows: int):
+    """A pruned layer (SparseLinear, or nn.Linear with a pruning mask) -> SparseInt8Linear, dense
+    Int8Linear or left as it is: whichever is fastest at `batch_rows` on this machine (force:
+    SparseInt8Linear). Only int8_dynamic has a sparse kernel. Returns (action, reason)."""
+    if scheme != "int8_dynamic":
+        return "kept", f"pruned layer: sparse int8 kernels are int8_dynamic only, not {scheme}"
+    if module.weight.device.type != "cpu":
+        return "kept", f"sparse int8 kernels are CPU kernels; layer is on {module.weight.device}"
+    if isinstance(module, SparseLinear):
+        dense = module.to_dense()
+        sparse = SparseInt8Linear.from_sparse(module)
+    else:
+        dense = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(module.weight)  # the masked weight
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+        sparse = SparseInt8Linear.from_dense(dense)
+    candidates = {"sparse_int8": sparse}
+    if force:
+        choice, reason = "sparse_int8", "forced"
+    else:
+        candidates["int8"] = Int8Linear.from_dense(dense, scheme=scheme, name=name)
+        if isinstance(module, SparseLinear):
+            candidates["sparse_fp32"] = module
+        key = (dense.in_features, dense.out_features, sparse.format, round(sparse.density, 2))
+        choice, reason = sparse_int8_choice.choose(dense, candidates, batch_rows, key)
+    if choice in ("sparse_int8", "int8"):
+        new, action = candidates[choice], choice
+    elif choice == "dense" and not isinstance(module, SparseLinear):
+        new, action = dense, "kept"  # the mask baked in
+    else:
+        return "kept", reason
+    new.train(module.training)
+    replace_module(model, name, new)
+    return action, reason
 
 
 def prepare_qat(model: nn.Module, filter: LayerFilter = None, skip: Iterable[str] = ()):

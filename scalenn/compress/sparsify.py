@@ -118,7 +118,8 @@ def sparsify(model: nn.Module, filter: LayerFilter = None, force: bool = False,
     if any((not isinstance(b, int)) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
     report = SparsifyReport()
-    if isinstance(model, nn.Linear):  # a bare layer: the converted module is returned
+    from ..nn.int8_linear import Int8Linear
+    if isinstance(model, (nn.Linear, Int8Linear)):  # a bare layer: the converted module is returned
         holder = nn.Sequential(model)
         _, report = sparsify(holder, lambda m, n: make_filter(filter)(m, ""), force, batch_sizes,
                              min_sparsity)
@@ -177,4 +178,44 @@ def sparsify(model: nn.Module, filter: LayerFilter = None, force: bool = False,
                 _bake(module)
                 continue
         replace_module(model, name, sparse)
+    for name, module in list(named_modules_of_type(model, Int8Linear, filter)):
+        _sparsify_int8(model, name, module, force, batch_sizes, min_sparsity, report)
     return model, report
+
+
+def _sparsify_int8(model, name, module, force, batch_sizes, min_sparsity, report) -> None:
+    """Int8Linear with zeros -> SparseInt8Linear where the sparse int8 kernel is not slower than
+    the dense int8 one at every batch size (force: wherever it has zeros)."""
+    from ..nn.sparse_int8_linear import SparseInt8Linear
+    from . import sparse_int8_choice
+    w = module.weight_int8
+    density = float((w != 0).float().mean()) if w.numel() else 1.0
+    entry = SparsifyEntry(name, tuple(w.shape), "int8", "-", density, "int8", "")
+    report.layers.append(entry)
+    if module.scheme != "int8_dynamic" or module.activation != "none":
+        entry.reason = f"sparse int8 kernels are int8_dynamic without a fused activation; " \
+                       f"layer is {module.scheme}/{module.activation}"
+        return
+    if w.device.type != "cpu":
+        entry.reason = f"sparse int8 kernels are CPU kernels; layer is on {w.device}"
+        return
+    if not force and 1.0 - density < min_sparsity:
+        entry.reason = f"sparsity {1 - density:.3f} below min_sparsity {min_sparsity}"
+        return
+    sparse = SparseInt8Linear.from_int8(module)
+    entry.layout = f"sparse_int8:{sparse.format}"
+    key = (module.in_features, module.out_features, sparse.format, round(density, 2))
+    slower = []
+    for b in sorted(int(b) for b in batch_sizes):
+        times = sparse_int8_choice.timed(module.to_dense(), {"int8": module, "sparse_int8": sparse},
+                                         b, key)
+        entry.speedup[b] = times["int8"] / times["sparse_int8"]
+        if times["sparse_int8"] > times["int8"]:
+            slower.append(b)
+    if slower and not force:
+        entry.reason = f"sparse int8 kernel slower than dense int8 at batch {slower}"
+        return
+    entry.choice = "sparse_int8"
+    entry.reason = "forced" if slower else "sparse int8 faster or equal at every batch size"
+    sparse.train(module.training)
+    replace_module(model, name, sparse)

@@ -1,0 +1,215 @@
+"""SparseInt8Linear: a drop-in nn.Linear whose pruned weight is stored as int8 (symmetric per
+output channel) in scalenn's sparse int8 format and computed by the VNNI sparse kernels, with
+activations quantized per token on the fly (as Int8Linear's int8_dynamic).
+
+State (all in state_dict, device-neutral): `values`, `rel`, `base`, `row_offsets` (buffers, see
+scalenn/compress/sparse_int8_format.py), `weight_scale` [N] float32, `bias` (a trainable
+Parameter). The weight itself is frozen: backward gives gradients for the input and the bias.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .. import _C
+from ..compress import sparse_int8_format as fmt
+from ..ops import FLOAT_DTYPES
+from ..ops_int8 import quantize_weight
+from .registry import register_compressed_module
+
+_SPARSE_INT8_LINEAR = torch.ops.scalenn.sparse_int8_linear.default
+_FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
+
+
+@register_compressed_module
+class SparseInt8Linear(nn.Module):
+    """y = x @ W^T + b with a pruned W stored as int8 in the sparse int8 format `format`
+    ("elem": one kept weight per entry; "quad": groups of 4 columns).
+
+    Build one with `from_dense(linear, mask=None)`, `from_sparse(sparse_linear)` or
+    `from_int8(int8_linear)`; for a whole model `scalenn.quantize` (on pruned layers) or
+    `scalenn.sparsify` (on Int8Linear layers) does it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 format: str = "elem", chunks: int = 0, device=None) -> None:
+        super().__init__()
+        if in_features < 0 or out_features < 0 or chunks < 0:
+            raise ValueError(f"SparseInt8Linear: sizes must be >= 0, got in={in_features}, "
+                             f"out={out_features}, chunks={chunks}")
+        if format not in fmt.FORMATS:
+            raise ValueError(f"SparseInt8Linear: format must be one of {fmt.FORMATS}, got "
+                             f"{format!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.format = format
+        width = 1 if format == "elem" else 4
+        n16 = chunks * fmt.ENTRIES_PER_CHUNK
+        self.register_buffer("values", torch.zeros(n16 * width, dtype=torch.int8, device=device))
+        self.register_buffer("rel", torch.zeros(n16, dtype=torch.uint8, device=device))
+        self.register_buffer("base", torch.zeros(chunks, dtype=torch.int16, device=device))
+        # A valid empty pattern until real data is loaded: the last row owns every chunk.
+        offsets = torch.zeros(out_features + 1, dtype=torch.int32, device=device)
+        offsets[-1] = chunks
+        self.register_buffer("row_offsets", offsets)
+        self.register_buffer("weight_scale", torch.zeros(out_features, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device))
+        else:
+            self.register_parameter("bias", None)
+        self.register_load_state_dict_post_hook(SparseInt8Linear._validate_after_load)
+
+    # ---------------------------------------------------------------- conversion
+    @classmethod
+    def from_int8_weight(cls, w_int8: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: Optional[torch.Tensor], format: Optional[str] = None
+                         ) -> "SparseInt8Linear":
+        """From a symmetric int8 weight [N, K], its per-channel scales and a bias."""
+        format = format or fmt.choose_format(w_int8)
+        packed = fmt.pack(w_int8, format)
+        n, k = w_int8.shape
+        m = cls(k, n, bias is not None, format, packed.base.numel(), device=w_int8.device)
+        m.values, m.rel, m.base, m.row_offsets = (t.to(w_int8.device) for t in packed[:4])
+        with torch.no_grad():
+            m.weight_scale.copy_(weight_scale.detach().float())
+            if bias is not None:
+                m.bias.copy_(bias.detach().float())
+        return m
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
+                   format: Optional[str] = None) -> "SparseInt8Linear":
+        """Quantize `linear.weight * mask` (mask None: the weight as it is, zeros pruned) per
+        output channel and pack its nonzeros."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseInt8Linear.from_dense: expected an nn.Linear, got "
+                            f"{type(linear).__name__}")
+        w = linear.weight.detach()
+        if mask is not None:
+            if tuple(mask.shape) != tuple(w.shape):
+                raise ValueError(f"SparseInt8Linear.from_dense: mask shape {tuple(mask.shape)} "
+                                 f"does not match the weight {tuple(w.shape)}")
+            w = w * mask.to(torch.bool)
+        q, scale = quantize_weight(w)
+        return cls.from_int8_weight(q, scale, linear.bias, format)
+
+    @classmethod
+    def from_sparse(cls, sparse: nn.Module, format: Optional[str] = None) -> "SparseInt8Linear":
+        """From a SparseLinear: its stored weight quantized per output channel."""
+        from .sparse_linear import SparseLinear
+        if not isinstance(sparse, SparseLinear):
+            raise TypeError(f"SparseInt8Linear.from_sparse: expected a SparseLinear, got "
+                            f"{type(sparse).__name__}")
+        q, scale = quantize_weight(sparse.dense_weight().detach())
+        return cls.from_int8_weight(q, scale, sparse.bias, format)
+
+    @classmethod
+    def from_int8(cls, layer: nn.Module, format: Optional[str] = None) -> "SparseInt8Linear":
+        """From an Int8Linear (int8_dynamic): the same int8 weights and scales, zeros dropped."""
+        from .int8_linear import Int8Linear
+        if not isinstance(layer, Int8Linear):
+            raise TypeError(f"SparseInt8Linear.from_int8: expected an Int8Linear, got "
+                            f"{type(layer).__name__}")
+        if layer.scheme != "int8_dynamic" or layer.activation != "none":
+            raise ValueError(f"SparseInt8Linear.from_int8: only int8_dynamic layers without a "
+                             f"fused activation convert (the sparse kernel quantizes activations "
+                             f"per token), got scheme={layer.scheme}, "
+                             f"activation={layer.activation}")
+        return cls.from_int8_weight(layer.weight_int8, layer.weight_scale, layer.bias, format)
+
+    def packed(self) -> fmt.PackedSparseInt8:
+        return fmt.PackedSparseInt8(self.values, self.rel, self.base, self.row_offsets,
+                                    self.format)
+
+    def weight_int8(self) -> torch.Tensor:
+        """The dense int8 weight [out_features, in_features]."""
+        return fmt.unpack(self.packed(), self.in_features)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized dense weight (float32), for code that reads `.weight`."""
+        return self.weight_int8().float() * self.weight_scale[:, None]
+
+    def to_dense(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device=self.values.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    @property
+    def kept(self) -> int:
+        """Nonzero int8 weights."""
+        return int((self.values != 0).sum())
+
+    @property
+    def density(self) -> float:
+        total = self.in_features * self.out_features
+        return self.kept / total if total else 0.0
+
+    @property
+    def bytes_per_kept_weight(self) -> float:
+        """Values + indices + row offsets + scales, per nonzero weight."""
+        total = fmt.stored_bytes(self.packed()) + 4 * self.out_features
+        return total / max(1, self.kept)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"SparseInt8Linear: x must be a float32, bfloat16 or float16 "
+                            f"torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"SparseInt8Linear: x must have in_features = {self.in_features} "
+                             f"in its last dimension, got shape {tuple(x.shape)}")
+        if x.device.type != "cpu" or self.values.device.type != "cpu":
+            raise ValueError(f"SparseInt8Linear runs on the CPU only (the sparse int8 kernels "
+                             f"are CPU kernels), got x on {x.device} and the layer on "
+                             f"{self.values.device}; use to_dense() elsewhere")
+        x2 = x if x.dim() == 2 else (x.reshape(1, self.in_features) if x.dim() == 1
+                                     else x.flatten(0, -2))
+        args = (x2, self.values, self.rel, self.base, self.row_offsets, self.weight_scale,
+                self.bias, self.format)
+        bias = self.bias
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
+                x.requires_grad or (bias is not None and bias.requires_grad))):
+            y = _SPARSE_INT8_LINEAR(*args)
+        else:
+            # Nothing to differentiate: skip the (Python) autograd kernel, ~3 us per call.
+            with torch._C._AutoDispatchBelowAutograd():
+                y = _SPARSE_INT8_LINEAR(*args)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    # ---------------------------------------------------------------- registry protocol
+    def compression_config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "format": self.format,
+                "chunks": int(self.base.numel())}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SparseInt8Linear":
+        return cls(int(config["in_features"]), int(config["out_features"]),
+                   bool(config.get("bias", True)), config.get("format", "elem"),
+                   int(config.get("chunks", 0)))
+
+    @staticmethod
+    def _validate_after_load(module, incompatible_keys):
+        fmt.check(module.packed(), module.out_features, module.in_features)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        # model.to(torch.bfloat16) must not change the float32 scales and bias the kernel reads.
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = self.weight_scale.float()
+        if self.bias is not None and self.bias.dtype != torch.float32:
+            self.bias.data = self.bias.data.float()
+        return out
+
+    def extra_repr(self) -> str:
+        kernel = f"cpu-{_C.current_isa()}" if self.values.device.type == "cpu" else \
+            str(self.values.device)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={self.format}, "
+                f"density={self.density:.4f}, bytes_per_kept={self.bytes_per_kept_weight:.2f}, "
+                f"kernel={kernel}")
