@@ -154,6 +154,10 @@ PYBIND11_MODULE(_C, m) {
         "Best ISA level this CPU supports: avx512, avx2 or scalar");
   m.def("current_isa", [] { return std::string(scalenn::isa_name(scalenn::current_isa())); },
         "ISA level the CPU kernels use now");
+  m.def("vbmi_enabled", &scalenn::vbmi_enabled,
+        "Whether AVX-512 kernels may use AVX512_VBMI (detected; tests can switch it off)");
+  m.def("set_vbmi_enabled", &scalenn::set_vbmi_enabled, py::arg("enabled"),
+        "Allow or forbid AVX512_VBMI kernels (ValueError to allow it on a CPU without it)");
   m.def("set_cpu_isa", &scalenn::set_isa, py::arg("name"),
         "Select the CPU kernel ISA level (avx512, avx2, scalar); ValueError if unsupported");
 }

@@ -67,4 +67,19 @@ void set_isa(const std::string& name) {
   g_isa.store(static_cast<int>(validated(parse_isa(name))), std::memory_order_relaxed);
 }
 
+static bool detected_vbmi() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vbmi") != 0;
+}
+
+static std::atomic<bool> g_vbmi{detected_vbmi()};
+
+bool vbmi_enabled() { return g_vbmi.load(std::memory_order_relaxed); }
+
+void set_vbmi_enabled(bool enabled) {
+  if (enabled && !detected_vbmi())
+    throw std::invalid_argument("AVX512_VBMI is not supported by this CPU");
+  g_vbmi.store(enabled, std::memory_order_relaxed);
+}
+
 }  // namespace scalenn

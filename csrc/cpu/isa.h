@@ -27,4 +27,10 @@ CpuIsa current_isa();
 // lacks (executing it would crash with SIGILL).
 void set_isa(const std::string& name);
 
+// AVX512_VBMI (vpermb / vpermt2b), an optional extra some AVX-512 kernels use when present
+// (Ice Lake, Zen 4 and later; not Cascade Lake). Tests switch it off to cover the fallbacks;
+// enabling it on a CPU without it throws std::invalid_argument.
+bool vbmi_enabled();
+void set_vbmi_enabled(bool enabled);
+
 }  // namespace scalenn

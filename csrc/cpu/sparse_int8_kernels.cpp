@@ -176,14 +176,6 @@ SCALENN_TARGET_AVX512_VBMI void window_rows_avx512(const SparseInt8Weight& w,
   }
 }
 
-bool cpu_has_vbmi() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") != 0;
-  }();
-  return has;
-}
-
 // Epilogue of one panel: acc [rows][P] int32 (rows n0..n1-1; token t of the panel in slot
 // slot_of(t)) -> y rows p*P + t < M, walking y row by row so the writes are contiguous
 // (scattering 16 tokens straight into y [M, N] touched 16 pages per store and cost more than
@@ -448,7 +440,7 @@ void rows_isa(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr
   }
   for (int64_t m0 = 0; m0 < pr.M; m0 += 4) {
     const int64_t mt = std::min<int64_t>(4, pr.M - m0);
-    if (isa == CpuIsa::avx512 && !QUAD && cpu_has_vbmi()) {
+    if (isa == CpuIsa::avx512 && !QUAD && vbmi_enabled()) {
       switch (mt) {
         case 1: window_rows_avx512<1>(w, pr, m0, n0, n1); break;
         case 2: window_rows_avx512<2>(w, pr, m0, n0, n1); break;
@@ -488,7 +480,7 @@ int64_t sparse_int8_panel_width(CpuIsa isa, SparseInt8Format f, int64_t M) {
   // Below 3 tokens a gather / window lookup per token beats a 16-token panel of padding.
   if (isa != CpuIsa::avx512 || M < 3) return 0;
   if (is_quad(f)) return M <= 16 ? 16 : (M <= 32 ? 32 : 64);
-  return M <= 16 && cpu_has_vbmi() ? 16 : 64;
+  return M <= 16 && vbmi_enabled() ? 16 : 64;
 }
 
 void sparse_int8_transpose_panels(SparseInt8Format f, const uint8_t* a, int64_t M, int64_t K,
