@@ -8,7 +8,11 @@ Protocol (per model):
   3. for each pattern, from the dense model of step 1: PruningSchedule (Zhu & Gupta cubic) from
      0 to the final sparsity over E_prune epochs, then E_ft epochs of fine-tuning at the final
      sparsity (masks fixed); then scalenn.sparsify(force=True) turns every pruned Linear into a
-     SparseLinear and the test set is evaluated again through the sparse kernels.
+     SparseLinear and the test set is evaluated again through the sparse kernels;
+  4. sparse + int8: a copy of the same fine-tuned, still masked model goes through
+     scalenn.quantize(force=True), which turns every pruned Linear into a SparseInt8Linear (kept
+     weights int8 per output channel, activations int8 per token), and is evaluated as well: the
+     accuracy cost of int8 on top of the pruning, without any further training.
 
 Run:  python benchmarks/sparse_accuracy.py [--quick]   (writes benchmarks/results/)
 """
@@ -98,7 +102,7 @@ def run(quick=False, seed=0, log=print):
         dense = train(copy.deepcopy(base), xtr, ytr, c["prune"] + c["ft"], c["lr"] / 2, batch, gen)
         acc_dense = evaluate(dense, xte, yte)
         rows.append({"model": name, "variant": "dense", "sparsity": 0.0, "test_acc": acc_dense,
-                     "sparse_kernel_acc": None, "delta_vs_dense": 0.0,
+                     "sparse_kernel_acc": None, "sparse_int8_acc": None, "delta_vs_dense": 0.0,
                      "epochs": c["dense"] + c["prune"] + c["ft"], "seconds": time.time() - t0})
         log(f"{name} dense: {acc_dense:.2f}%")
         for pattern, final, scope in PATTERNS:
@@ -113,17 +117,30 @@ def run(quick=False, seed=0, log=print):
             train(model, xtr, ytr, c["ft"], c["lr"] / 4, batch, gen)  # masks fixed
             report = sched.last_report
             acc = evaluate(model, xte, yte)
+            # int8 on top of the pruning: quantize needs the masks (a masked Linear is what it
+            # recognizes as pruned), so it runs on a copy taken before remove_masks below. It
+            # creates nn.Linear layers, which draw from the global RNG: fork_rng keeps the RNG
+            # stream (the next model's initialization) as it was without this column.
+            with torch.random.fork_rng(devices=[]):
+                q_model, _ = scalenn.quantize(copy.deepcopy(model), force=True)
+            acc_int8 = evaluate(q_model, xte, yte)
+            n_int8 = sum(isinstance(m, scalenn.nn.SparseInt8Linear) for m in q_model.modules())
+            del q_model
             scalenn.remove_masks(model)
             model, sp_report = scalenn.sparsify(model, force=True, batch_sizes=(1,))
             acc_sparse = evaluate(model, xte, yte)
             n_sparse = sum(isinstance(m, scalenn.nn.SparseLinear) for m in model.modules())
             rows.append({"model": name, "variant": f"{pattern} ({scope})",
                          "sparsity": round(report.sparsity, 4), "test_acc": acc,
-                         "sparse_kernel_acc": acc_sparse, "delta_vs_dense": acc - acc_dense,
+                         "sparse_kernel_acc": acc_sparse, "sparse_int8_acc": acc_int8,
+                         "delta_vs_dense": acc - acc_dense,
+                         "int8_delta_vs_dense": acc_int8 - acc_dense,
                          "epochs": c["dense"] + c["prune"] + c["ft"],
-                         "sparse_layers": n_sparse, "seconds": time.time() - t1})
+                         "sparse_layers": n_sparse, "sparse_int8_layers": n_int8,
+                         "seconds": time.time() - t1})
             log(f"{name} {pattern}: sparsity {report.sparsity:.3f} acc {acc:.2f}% "
-                f"(sparse kernels {acc_sparse:.2f}%, {n_sparse} SparseLinear)")
+                f"(sparse kernels {acc_sparse:.2f}%, {n_sparse} SparseLinear; sparse + int8 "
+                f"{acc_int8:.2f}%, {n_int8} SparseInt8Linear)")
     return rows
 
 
@@ -131,13 +148,21 @@ def to_markdown(rows, meta):
     lines = ["# Fashion-MNIST: pruned vs dense", ""]
     lines += [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += ["", "| model | variant | sparsity of pruned layers | test acc % | acc through SparseLinear % "
-              "| delta vs dense (points) | epochs | seconds |", "|---|---|---|---|---|---|---|---|"]
+              "| sparse + int8 acc % (SparseInt8Linear) | delta vs dense (points) "
+              "| sparse + int8 delta vs dense | epochs | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sk = "" if r["sparse_kernel_acc"] is None else f"{r['sparse_kernel_acc']:.2f}"
+        si8 = "" if r.get("sparse_int8_acc") is None else f"{r['sparse_int8_acc']:.2f}"
+        di8 = "" if r.get("sparse_int8_acc") is None else f"{r['int8_delta_vs_dense']:+.2f}"
         lines.append(f"| {r['model']} | {r['variant']} | {r['sparsity']:.3f} | {r['test_acc']:.2f} "
-                     f"| {sk} | {r['delta_vs_dense']:+.2f} | {r['epochs']} | {r['seconds']:.0f} |")
+                     f"| {sk} | {si8} | {r['delta_vs_dense']:+.2f} | {di8} | {r['epochs']} "
+                     f"| {r['seconds']:.0f} |")
     lines += ["", "- targets: 90% unstructured within 1 point of dense, 2:4 within 0.5 point",
               "- pruned layers: MLP all three Linear; CNN conv2 + both Linear (conv1 dense)",
+              "- sparse + int8: the fine-tuned pruned model through scalenn.quantize(force=True) "
+              "(pruned Linear -> SparseInt8Linear: int8 kept weights per output channel, int8 "
+              "activations per token; CNN convs stay float); no training after quantization",
               "- dense baseline trained for the same total number of epochs"]
     return "\n".join(lines) + "\n"
 

@@ -42,3 +42,21 @@ def test_bench_quantize_writes_json_md_png(tmp_path):
 def test_bench_unknown_name_is_clear_error():
     result = run_cli("bench", "nonexistent")
     assert result.returncode == 2 and "available" in result.stderr
+
+
+def test_bench_sparse_int8_writes_json_md_png(tmp_path):
+    result = run_cli("bench", "sparse_int8", "--quick", "--threads", "1", "--rounds", "3",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"sparse_int8.{ext}").stat().st_size > 0
+    data = json.loads((tmp_path / "sparse_int8.json").read_text())
+    assert {"cpu", "date", "command"} <= set(data["meta"])
+    rows = [r for r in data["rows"] if r["variant"] == "SparseInt8Linear"]
+    # One SparseInt8Linear row per (pattern, M) of the quick run, each with its format and
+    # stored bytes per kept weight; the dense int8 peers it is compared with ran alongside.
+    assert rows and all(r["format"] in ("elem", "quad") and r["bytes_per_kept"] > 0
+                        for r in rows)
+    assert {"dense fp32", "Int8Linear", "SparseLinear"} <= {r["variant"] for r in data["rows"]}
+    md = (tmp_path / "sparse_int8.md").read_text()
+    assert sum("| SparseInt8Linear |" in line for line in md.splitlines()) == len(rows)

@@ -53,16 +53,17 @@ def test_compress_prunes_packs_and_quantizes_and_reports_each_layer():
     assert [s["step"] for s in rep["steps"]] == ["prune", "finetune", "sparsify", "quantize"]
     assert steps["prune"]["status"] == "scheduled" and steps["finetune"]["status"] == "done"
     names = [n for n, m in mlp().named_modules() if isinstance(m, nn.Linear)]
-    # every Linear but the skipped one is packed (forced) and named in the report; the skipped
-    # one is quantized; SparseLinear stays fp32 and the quantize step says why
+    # every Linear but the skipped one is packed (forced) and named in the report, then the
+    # forced quantize turns the packed layers into SparseInt8Linear and the skipped one into
+    # Int8Linear
     packed = [e["name"] for e in steps["sparsify"]["layers"] if e["choice"] == "sparse"]
     assert packed == [n for n in names if n != "5"]
     for n in packed:
-        assert isinstance(out.get_submodule(n), scalenn.nn.SparseLinear)
+        assert isinstance(out.get_submodule(n), scalenn.nn.SparseInt8Linear)
         assert f"{n} csr density" in steps["sparsify"]["detail"]
     assert isinstance(out.get_submodule("5"), scalenn.nn.Int8Linear)
     assert "Int8Linear: 5;" in steps["quantize"]["detail"]
-    assert "SparseLinear is another compressed format" in steps["quantize"]["detail"]
+    assert f"SparseInt8Linear: {', '.join(packed)};" in steps["quantize"]["detail"]
     assert rep["linear_sparsity"] >= 0.7
     assert out(xtr[:4]).shape == (4, 10)
 

@@ -30,13 +30,14 @@ def test_quick_demo_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     for v in VARIANTS:
         assert f"| {v} |" in md and v in stdout
-    # only the 3136x128 Linear is pruned and packed; the row that cannot be fully int8 says so
+    # only the 3136x128 Linear is pruned and packed, then quantized into SparseInt8Linear
     assert "SparseLinear: classifier.0 csr density 0.1" in stdout
     assert "| scalenn sparse | " in md and "ok: SparseLinear classifier.0 |" in md
-    assert "partial: sparse layers stay fp32 (no SparseInt8Linear yet)" in md
+    assert "ok: SparseInt8Linear classifier.0; Int8Linear classifier.2" in md
     sizes = {m.group(1): float(m.group(2)) for m in
              re.finditer(r"^\| ([^|]+?) \| [^|]+ \| [^|]+ \| ([\d.]+) MB", md, re.M)}
     assert sizes["scalenn sparse"] < 0.3 * sizes["dense fp32"], md
+    assert sizes["scalenn sparse+int8"] < 0.6 * sizes["scalenn sparse"], md
     assert (out / "report.png").stat().st_size > 10_000
     # the fine-tuned dense CNN is saved for `scalenn compress`
     from scalenn.models import mnist_cnn

@@ -7,9 +7,8 @@ Steps, in order, each recorded in the returned report:
   3. pack: masked Linear -> scalenn.nn.SparseLinear (scalenn.sparsify; its measured cost model
      keeps a layer dense where the sparse kernel loses, unless [prune] force = true), or bake the
      masks into dense weights (scalenn.remove_masks) when [prune] pack = false;
-  4. quantize (scalenn.quantize: nn.Linear -> Int8Linear where its cost model says int8 pays, or
-     every one with [quantize] force = true). SparseLinear layers stay sparse float32: their int8
-     form (SparseInt8Linear, issue 7) does not exist yet, and the report says so per layer.
+  4. quantize (scalenn.quantize: nn.Linear -> Int8Linear and SparseLinear -> SparseInt8Linear
+     where its measured cost model says int8 pays, or every one with [quantize] force = true).
 Only nn.Linear layers are pruned: convolutions have no sparse module to be packed into, and a
 pruned conv would only carry its mask and unmasked original around.
 """
@@ -202,10 +201,12 @@ def _speedups(e) -> str:
 
 
 def quantize_summary(res) -> str:
-    """One line: which layers became Int8Linear and which were kept, and why."""
-    kept = [f"{e['name']} ({e['reason']})" for e in res.entries if e["action"] != "int8"]
-    return (f"{res.scheme}: Int8Linear: " + (", ".join(res.swapped) or "none") +
-            "; kept: " + (", ".join(kept) or "none"))
+    """One line: which layers became Int8Linear / SparseInt8Linear and which were kept, and why."""
+    def names(action):
+        return ", ".join(e["name"] for e in res.entries if e["action"] == action) or "none"
+    kept = [f"{e['name']} ({e['reason']})" for e in res.entries if e["name"] not in res.swapped]
+    return (f"{res.scheme}: Int8Linear: {names('int8')}; SparseInt8Linear: "
+            f"{names('sparse_int8')}; kept: " + (", ".join(kept) or "none"))
 
 
 class _CallablePackage(types.ModuleType):
