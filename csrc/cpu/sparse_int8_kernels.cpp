@@ -142,37 +142,51 @@ SCALENN_TARGET_AVX512 void gather_rows_avx512(const SparseInt8Weight& w,
 #define SCALENN_TARGET_AVX512_VBMI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,bmi2")))
 
+// One chunk of the window kernel for MT tokens, accumulating into acc[MT].
+template <int MT>
+SCALENN_TARGET_AVX512_VBMI inline void window_chunk(const SparseInt8Weight& w,
+                                                   const SparseInt8Problem& pr, int64_t m0,
+                                                   int64_t Kp, int64_t c, __m512i* wsum,
+                                                   __m512i (&acc)[MT]) {
+  // Lanes 16..63 of idx are 0 and of wd are 0, so whatever they pick is multiplied by 0.
+  const __m512i idx = _mm512_castsi128_si512(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk)));
+  const __m512i wd = _mm512_castsi128_si512(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk)));
+  const __mmask64 high = _mm512_movepi8_mask(idx);
+  *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wd);
+#pragma GCC unroll 4
+  for (int t = 0; t < MT; ++t) {
+    const uint8_t* x = pr.a + (m0 + t) * Kp + 4 * int64_t(w.base[c]);
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512(x), idx,
+                                                _mm512_loadu_si512(x + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512(x + 128), idx,
+                                                _mm512_loadu_si512(x + 192));
+    acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_mask_blend_epi8(high, lo, hi), wd);
+  }
+}
+
 template <int MT>
 SCALENN_TARGET_AVX512_VBMI void window_rows_avx512(const SparseInt8Weight& w,
                                                    const SparseInt8Problem& pr, int64_t m0,
                                                    int64_t n0, int64_t n1) {
   const int64_t Kp = packed_k(w.K);
-  const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t n = n0; n < n1; ++n) {
-    __m512i acc[MT][2], wsum = _mm512_setzero_si512();
-    for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
-    for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-      // Lanes 16..63 of idx are 0 and of wd are 0, so whatever they pick is multiplied by 0.
-      const __m512i idx = _mm512_castsi128_si512(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk)));
-      const __m512i wd = _mm512_castsi128_si512(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk)));
-      const __mmask64 high = _mm512_movepi8_mask(idx);
-      wsum = _mm512_dpbusd_epi32(wsum, ones, wd);
-#pragma GCC unroll 4
-      for (int t = 0; t < MT; ++t) {
-        const uint8_t* x = pr.a + (m0 + t) * Kp + 4 * int64_t(w.base[c]);
-        const __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512(x), idx,
-                                                    _mm512_loadu_si512(x + 64));
-        const __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512(x + 128), idx,
-                                                    _mm512_loadu_si512(x + 192));
-        acc[t][c & 1] = _mm512_dpbusd_epi32(acc[t][c & 1], _mm512_mask_blend_epi8(high, lo, hi), wd);
-      }
+    // Two accumulator sets, chunks alternating, written out so they stay in registers (an
+    // index like acc[c & 1] put them on the stack: a store-load round trip per chunk).
+    __m512i even[MT], odd[MT], wsum_even = _mm512_setzero_si512(), wsum_odd = wsum_even;
+    for (int t = 0; t < MT; ++t) even[t] = odd[t] = _mm512_setzero_si512();
+    const int64_t end = w.row_offsets[n + 1];
+    int64_t c = w.row_offsets[n];
+    for (; c + 1 < end; c += 2) {
+      window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
+      window_chunk<MT>(w, pr, m0, Kp, c + 1, &wsum_odd, odd);
     }
-    const int32_t comp = -128 * _mm512_reduce_add_epi32(wsum);
+    if (c < end) window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
+    const int32_t comp = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(wsum_even, wsum_odd));
     for (int t = 0; t < MT; ++t)
       write_result(w, pr, m0 + t, n,
-                   _mm512_reduce_add_epi32(_mm512_add_epi32(acc[t][0], acc[t][1])) + comp);
+                   _mm512_reduce_add_epi32(_mm512_add_epi32(even[t], odd[t])) + comp);
   }
 }
 
