@@ -18,8 +18,9 @@ inline bool is_quad(SparseInt8Format f) { return f == SparseInt8Format::quad; }
 
 // ============================== packing ==============================
 // A "unit" is what one entry holds: a column (elem) or a group of 4 columns (quad). Chunk bases
-// are in units of 4 columns: elem base = column / 4 of the chunk's first entry, quad base =
-// its group; rel = unit - (elem ? 4 * base : base) must stay <= kMaxRel.
+// are in units of 4 columns: elem base = the chunk's first column rounded down to a multiple of
+// 64 (cache-line aligned windows, see the header), quad base = its first group;
+// rel = unit - (elem ? 4 * base : base) must stay <= kMaxRel.
 inline bool group_nonzero(const int8_t* row, int64_t K, int64_t g) {
   for (int64_t k = 4 * g; k < std::min(K, 4 * g + 4); ++k)
     if (row[k] != 0) return true;
@@ -49,7 +50,7 @@ int64_t walk_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n, int6
       close_chunk();
       ++chunks;
       slot = 0;
-      chunk_base = quad ? u : u / 4;
+      chunk_base = quad ? u : u / 64 * 16;
       if (values != nullptr) base[first + chunks - 1] = static_cast<uint16_t>(chunk_base);
     }
     if (values != nullptr) {
