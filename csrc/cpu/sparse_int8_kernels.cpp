@@ -50,7 +50,7 @@ int64_t walk_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n, int6
       close_chunk();
       ++chunks;
       slot = 0;
-      chunk_base = quad ? u : u / 64 * 16;
+      chunk_base = quad ? u / 16 * 16 : u / 64 * 16;
       if (values != nullptr) base[first + chunks - 1] = static_cast<uint16_t>(chunk_base);
     }
     if (values != nullptr) {
@@ -79,35 +79,11 @@ inline void write_result(const SparseInt8Weight& w, const SparseInt8Problem& pr,
                                  pr.bias ? pr.bias[n] : 0.0f);
 }
 
-// The chunk's 16 activation byte offsets (from a row or panel start, in units of `unit_bytes`
-// per group of 4 columns) and its 16 weight dwords. elem weights are zero-extended and, for the
-// panel kernel (shift_to_column), moved to the byte of their column within the group.
-template <bool QUAD>
-SCALENN_TARGET_AVX512 inline void chunk_operands_avx512(const SparseInt8Weight& w, int64_t c,
-                                                        bool shift_to_column, __m512i* offset_units,
-                                                        __m512i* wd) {
-  const __m512i idx = _mm512_cvtepu8_epi32(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk)));
-  const int32_t b = w.base[c];
-  if constexpr (QUAD) {
-    *offset_units = _mm512_add_epi32(idx, _mm512_set1_epi32(b));  // group
-    *wd = _mm512_loadu_si512(w.values + c * kChunk * 4);
-  } else {
-    *offset_units = _mm512_add_epi32(idx, _mm512_set1_epi32(4 * b));  // column
-    *wd = _mm512_cvtepu8_epi32(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk)));
-    if (shift_to_column) {
-      const __m512i byte_shift = _mm512_slli_epi32(
-          _mm512_and_si512(*offset_units, _mm512_set1_epi32(3)), 3);
-      *wd = _mm512_sllv_epi32(*wd, byte_shift);
-      *offset_units = _mm512_srli_epi32(*offset_units, 2);  // group
-    }
-  }
-}
-
-// Gather kernel: MT tokens (rows m0..m0+MT-1 of a [M, Kp] u8 buffer) x output rows [n0, n1).
-// Per chunk: one vpgatherdd per token picks the 16 dwords the entries multiply.
-template <int MT, bool QUAD>
+// Gather kernel (elem, few tokens; the fallback for AVX-512 CPUs without VBMI): per chunk one
+// vpgatherdd per token loads the aligned dword holding each entry's activation (its group of
+// 4 columns; unaligned byte-offset gathers were 3x slower on Zen 5), and the entry's weight is
+// shifted to the byte of its column within that dword.
+template <int MT>
 SCALENN_TARGET_AVX512 void gather_rows_avx512(const SparseInt8Weight& w,
                                               const SparseInt8Problem& pr, int64_t m0, int64_t n0,
                                               int64_t n1) {
@@ -117,10 +93,14 @@ SCALENN_TARGET_AVX512 void gather_rows_avx512(const SparseInt8Weight& w,
     __m512i acc[MT], wsum = _mm512_setzero_si512();
     for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_si512();
     for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-      // Gather whole aligned dwords (group index x 4 bytes); elem weights sit in the byte of
-      // their column. Unaligned byte-offset gathers were 3x slower on Zen 5.
-      __m512i group, wd;
-      chunk_operands_avx512<QUAD>(w, c, true, &group, &wd);
+      const __m512i col = _mm512_add_epi32(
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk))),
+          _mm512_set1_epi32(4 * int32_t(w.base[c])));
+      const __m512i byte_shift = _mm512_slli_epi32(_mm512_and_si512(col, _mm512_set1_epi32(3)), 3);
+      const __m512i wd = _mm512_sllv_epi32(
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk))),
+          byte_shift);
+      const __m512i group = _mm512_srli_epi32(col, 2);
       wsum = _mm512_dpbusd_epi32(wsum, ones, wd);
 #pragma GCC unroll 4
       for (int t = 0; t < MT; ++t) {
@@ -184,6 +164,61 @@ SCALENN_TARGET_AVX512_VBMI void window_rows_avx512(const SparseInt8Weight& w,
       window_chunk<MT>(w, pr, m0, Kp, c + 1, &wsum_odd, odd);
     }
     if (c < end) window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
+    const int32_t comp = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(wsum_even, wsum_odd));
+    for (int t = 0; t < MT; ++t)
+      write_result(w, pr, m0 + t, n,
+                   _mm512_reduce_add_epi32(_mm512_add_epi32(even[t], odd[t])) + comp);
+  }
+}
+
+// Quad window kernel (few tokens, AVX-512F): a quad chunk's entries lie within 256 groups of its
+// base, whose activations (1 KiB, 16 aligned zmm loads from L1: the packer starts quad chunks
+// on 16-group boundaries) are a lookup table of 256 dwords: 8 vpermt2d cover 32 dwords each
+// and a tree of 7 blends on bits 5-7 of rel picks the right one. On Zen 5 this is several
+// times cheaper than the 16-lane vpgatherdd it replaces.
+template <int MT>
+SCALENN_TARGET_AVX512 inline void quad_window_chunk(const SparseInt8Weight& w,
+                                                    const SparseInt8Problem& pr, int64_t m0,
+                                                    int64_t Kp, int64_t c, __m512i* wsum,
+                                                    __m512i (&acc)[MT]) {
+  const __m512i idx = _mm512_cvtepu8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk)));
+  const __m512i wd = _mm512_loadu_si512(w.values + c * kChunk * 4);
+  const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
+  const __mmask16 b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(64));
+  const __mmask16 b7 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(128));
+  *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wd);
+#pragma GCC unroll 4
+  for (int t = 0; t < MT; ++t) {
+    const uint8_t* x = pr.a + (m0 + t) * Kp + 4 * int64_t(w.base[c]);
+    __m512i r[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j)
+      r[j] = _mm512_permutex2var_epi32(_mm512_loadu_si512(x + 128 * j), idx,
+                                       _mm512_loadu_si512(x + 128 * j + 64));
+    const __m512i lo = _mm512_mask_blend_epi32(b6, _mm512_mask_blend_epi32(b5, r[0], r[1]),
+                                               _mm512_mask_blend_epi32(b5, r[2], r[3]));
+    const __m512i hi = _mm512_mask_blend_epi32(b6, _mm512_mask_blend_epi32(b5, r[4], r[5]),
+                                               _mm512_mask_blend_epi32(b5, r[6], r[7]));
+    acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_mask_blend_epi32(b7, lo, hi), wd);
+  }
+}
+
+template <int MT>
+SCALENN_TARGET_AVX512 void quad_window_rows_avx512(const SparseInt8Weight& w,
+                                                   const SparseInt8Problem& pr, int64_t m0,
+                                                   int64_t n0, int64_t n1) {
+  const int64_t Kp = packed_k(w.K);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512i even[MT], odd[MT], wsum_even = _mm512_setzero_si512(), wsum_odd = wsum_even;
+    for (int t = 0; t < MT; ++t) even[t] = odd[t] = _mm512_setzero_si512();
+    const int64_t end = w.row_offsets[n + 1];
+    int64_t c = w.row_offsets[n];
+    for (; c + 1 < end; c += 2) {
+      quad_window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
+      quad_window_chunk<MT>(w, pr, m0, Kp, c + 1, &wsum_odd, odd);
+    }
+    if (c < end) quad_window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
     const int32_t comp = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(wsum_even, wsum_odd));
     for (int t = 0; t < MT; ++t)
       write_result(w, pr, m0 + t, n,
@@ -453,29 +488,23 @@ void rows_isa(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr
     rows_scalar(w, pr, n0, n1);
     return;
   }
+  // Per-token kernels, up to 4 tokens at a time (they share each chunk's decode).
   for (int64_t m0 = 0; m0 < pr.M; m0 += 4) {
-    const int64_t mt = std::min<int64_t>(4, pr.M - m0);
-    if (isa == CpuIsa::avx512 && !QUAD && vbmi_enabled()) {
-      switch (mt) {
-        case 1: window_rows_avx512<1>(w, pr, m0, n0, n1); break;
-        case 2: window_rows_avx512<2>(w, pr, m0, n0, n1); break;
-        case 3: window_rows_avx512<3>(w, pr, m0, n0, n1); break;
-        default: window_rows_avx512<4>(w, pr, m0, n0, n1);
-      }
-    } else if (isa == CpuIsa::avx512) {
-      switch (mt) {
-        case 1: gather_rows_avx512<1, QUAD>(w, pr, m0, n0, n1); break;
-        case 2: gather_rows_avx512<2, QUAD>(w, pr, m0, n0, n1); break;
-        case 3: gather_rows_avx512<3, QUAD>(w, pr, m0, n0, n1); break;
-        default: gather_rows_avx512<4, QUAD>(w, pr, m0, n0, n1);
-      }
-    } else {
-      switch (mt) {
-        case 1: gather_rows_avx2<1, QUAD>(w, pr, m0, n0, n1); break;
-        case 2: gather_rows_avx2<2, QUAD>(w, pr, m0, n0, n1); break;
-        case 3: gather_rows_avx2<3, QUAD>(w, pr, m0, n0, n1); break;
-        default: gather_rows_avx2<4, QUAD>(w, pr, m0, n0, n1);
-      }
+    auto run = [&]<int MT>() {
+      if (isa == CpuIsa::avx2)
+        gather_rows_avx2<MT, QUAD>(w, pr, m0, n0, n1);
+      else if constexpr (QUAD)
+        quad_window_rows_avx512<MT>(w, pr, m0, n0, n1);
+      else if (vbmi_enabled())
+        window_rows_avx512<MT>(w, pr, m0, n0, n1);
+      else
+        gather_rows_avx512<MT>(w, pr, m0, n0, n1);
+    };
+    switch (std::min<int64_t>(4, pr.M - m0)) {
+      case 1: run.template operator()<1>(); break;
+      case 2: run.template operator()<2>(); break;
+      case 3: run.template operator()<3>(); break;
+      default: run.template operator()<4>();
     }
   }
 }

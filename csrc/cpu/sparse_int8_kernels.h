@@ -29,11 +29,15 @@
 // activations the kernel also sums each row's weights (one vpdpbusd with ones per chunk) and
 // subtracts 128 * sum, so no precomputed correction has to stay consistent with the values.
 //
-// Two AVX-512 kernels: "gather" for small batches (per token: one vpgatherdd of 16 activation
-// dwords per chunk against the chunk's 16 weight dwords) and "panel" for larger ones (tokens
-// along the vector: activations transposed to [group][token][4 bytes] panels of P = 16/32/64
-// tokens, one broadcast weight dword x P/16 vpdpbusd per entry). AVX2 and scalar use the
-// gather form for every batch size.
+// AVX-512 kernels. Few tokens (M <= 2): "window" kernels, per token and chunk: a chunk spans at
+// most 256 columns (elem) / groups (quad) from its cache-line aligned base, so the activations
+// there are loaded (4 / 16 zmm from L1) and used as a lookup table (vpermt2b / vpermt2d), the
+// picked activations multiplied with the chunk's weights by one vpdpbusd; without AVX512_VBMI
+// elem falls back to a vpgatherdd. More tokens: "panel" kernels with tokens along the vector:
+// activations transposed into panels of P = 16/32/64 tokens (bytes per column for elem, dwords
+// per group for quad); per 4 elem entries one vpermb/unpack interleave and one vpdpbusd per 16
+// tokens, per quad entry one broadcast weight dword and one vpdpbusd per 16 tokens. AVX2 and
+// scalar use per-token gathers / loops for every batch size.
 //
 // Bounds. The op checks row_offsets (monotone, inside the chunk arrays) and every base
 // (4 * base < K) before a kernel runs, and the activation buffers carry kSlackBytes of slack
