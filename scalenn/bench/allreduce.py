@@ -107,6 +107,7 @@ def run(args) -> harness.Report:
         name="allreduce",
         columns=["part", "variant", "median_ms", "iqr_ms", "time_vs_baseline", "baseline",
                  "MB_sent_per_rank", "extra_buffer_MB", "GB/s"])
+    load_before = os.getloadavg()
     result = _spawn(rounds, args.quick)
     a, b = result["a"], result["b"]
     part_a = f"(a) comm, ResNet-50 profile: {a['info']['tensors']} tensors, {a['info']['MB']:.0f} MB"
@@ -128,8 +129,9 @@ def run(args) -> harness.Report:
         "Loopback moves bytes at memory speed, so compression saves less here than on a real "
         "network link, and its pack/quantize passes compete with the other rank and gloo's "
         "threads for the 2 cores; (a) and (b) are the pessimistic case for bf16/int8.",
-        "Taken while four other engineers were compiling and testing on the same 2 cores: "
-        "absolute times are noisy, interleaved ratios less so.",
+        f"machine load average (1 min) at start / end: {load_before[0]:.1f} / "
+        f"{os.getloadavg()[0]:.1f} (other processes on these cores distort the timings; "
+        "interleaved ratios less than absolute times).",
     ]
     report.plot = _plot
     return report
