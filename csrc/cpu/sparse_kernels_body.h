@@ -69,77 +69,99 @@ SN_TARGET static inline void store_chains(vf (&a)[kChains][NV], float* tmp) {
     vstore(tmp + i * VW, vadd(vadd(a[0][i], a[1][i]), vadd(a[2][i], a[3][i])));
 }
 
+// Results of a panel for a range of output rows park in a per-thread [rows][P] scratch and are
+// written to y token row by token row at the end (write_panel_out): storing each row's P
+// results straight into y [M, N] is P stores N floats apart, a page each, per row.
+SN_TARGET static inline float* panel_out_scratch(int64_t size) {
+  thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(size);
+  return scratch.data();
+}
+
+SN_TARGET static inline void write_panel_out(const float* out, int64_t P, int64_t m0,
+                                             int64_t mvalid, const float* bias, float* y,
+                                             int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t t = 0; t < mvalid; ++t) {
+    float* yr = y + (m0 + t) * N;
+    for (int64_t n = n0; n < n1; ++n) yr[n] = out[(n - n0) * P + t] + (bias ? bias[n] : 0.0f);
+  }
+}
+
+// The chains are indexed only by compile-time constants (unrolled loops), so they stay in
+// registers: one runtime index (a leftover element's chain) put the whole array on the stack.
 template <int NV, class D>
 SN_TARGET static void fwd_panel_rows(const D& d, const float* panel, int64_t P, int64_t m0,
                                      int64_t mvalid, const float* bias, float* y, int64_t N,
                                      int64_t n0, int64_t n1) {
-  alignas(64) float tmp[NV * VW];
+  float* out = panel_out_scratch((n1 - n0) * P);
   for (int64_t n = n0; n < n1; ++n) {
     vf a[kChains][NV];
+#pragma GCC unroll 4
     for (int c = 0; c < kChains; ++c)
+#pragma GCC unroll 4
       for (int i = 0; i < NV; ++i) a[c][i] = vzero();
     const int64_t jb = d.begin(n), je = d.end(n);
     int64_t j = jb;
     for (; j + kChains <= je; j += kChains) {
+#pragma GCC unroll 4
       for (int c = 0; c < kChains; ++c) {
         const vf w = vset1(d.value(n, j + c));
         const float* xr = panel + d.col(n, j + c) * P;
+#pragma GCC unroll 4
         for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
       }
     }
-    for (int c = 0; j < je; ++j, ++c) {
+    for (; j < je; ++j) {  // leftovers (fewer than kChains) on chain 0
       const vf w = vset1(d.value(n, j));
       const float* xr = panel + d.col(n, j) * P;
-      for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
+#pragma GCC unroll 4
+      for (int i = 0; i < NV; ++i) a[0][i] = vfma(w, vload(xr + i * VW), a[0][i]);
     }
-    store_chains<NV>(a, tmp);
-    const float b = bias ? bias[n] : 0.0f;
-    for (int64_t t = 0; t < mvalid; ++t) y[(m0 + t) * N + n] = tmp[t] + b;
+    store_chains<NV>(a, out + (n - n0) * P);
   }
+  write_panel_out(out, P, m0, mvalid, bias, y, N, n0, n1);
 }
 
 // Block panel forward: one output row r of a block row at a time; the block's C consecutive
 // panel rows are read without any per-element index. Same chain discipline as above, with the
-// chain chosen by the element's position in the row.
+// chain chosen by the element's position in the block.
 template <int NV>
 SN_TARGET static void fwd_panel_bsr(const SparseWeight& w, const float* panel, int64_t P,
                                     int64_t m0, int64_t mvalid, const float* bias, float* y,
                                     int64_t g0, int64_t g1) {
   const int64_t R = w.R, C = w.C, N = w.N;
   const int32_t* bcol = static_cast<const int32_t*>(w.indices);
-  alignas(64) float tmp[NV * VW];
+  float* out = panel_out_scratch((g1 - g0) * R * P);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t r = 0; r < R; ++r) {
       vf a[kChains][NV];
+#pragma GCC unroll 4
       for (int c = 0; c < kChains; ++c)
+#pragma GCC unroll 4
         for (int i = 0; i < NV; ++i) a[c][i] = vzero();
-      int chain = 0;
       for (int64_t b = w.offsets[g]; b < w.offsets[g + 1]; ++b) {
         const float* v = w.values + (b * R + r) * C;
         const float* xb = panel + static_cast<int64_t>(bcol[b]) * C * P;
-        if (C % kChains == 0) {
-          for (int64_t c = 0; c < C; c += kChains) {
-            for (int u = 0; u < kChains; ++u) {
-              const vf wv = vset1(v[c + u]);
-              for (int i = 0; i < NV; ++i)
-                a[u][i] = vfma(wv, vload(xb + (c + u) * P + i * VW), a[u][i]);
-            }
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            const vf wv = vset1(v[c]);
+        int64_t c = 0;
+        for (; c + kChains <= C; c += kChains) {
+#pragma GCC unroll 4
+          for (int u = 0; u < kChains; ++u) {
+            const vf wv = vset1(v[c + u]);
+#pragma GCC unroll 4
             for (int i = 0; i < NV; ++i)
-              a[chain][i] = vfma(wv, vload(xb + c * P + i * VW), a[chain][i]);
-            chain = (chain + 1) & (kChains - 1);
+              a[u][i] = vfma(wv, vload(xb + (c + u) * P + i * VW), a[u][i]);
           }
         }
+        for (; c < C; ++c) {  // C not a multiple of kChains: the rest on chain 0
+          const vf wv = vset1(v[c]);
+#pragma GCC unroll 4
+          for (int i = 0; i < NV; ++i) a[0][i] = vfma(wv, vload(xb + c * P + i * VW), a[0][i]);
+        }
       }
-      store_chains<NV>(a, tmp);
-      const int64_t n = g * R + r;
-      const float b = bias ? bias[n] : 0.0f;
-      for (int64_t t = 0; t < mvalid; ++t) y[(m0 + t) * N + n] = tmp[t] + b;
+      store_chains<NV>(a, out + ((g - g0) * R + r) * P);
     }
   }
+  write_panel_out(out, P, m0, mvalid, bias, y, N, g0 * R, g1 * R);
 }
 
 template <class D>
