@@ -212,7 +212,33 @@ SN_TARGET static void fwd_direct_generic(const D& d, const float* x, int64_t M, 
 }
 
 #if SN_LEVEL == 2
-// CSR row . x with 16-lane gathers; indices uint16 (widened) or int32.
+// x[cols] for 16 ascending columns of one row. When they lie within 256 floats of a 64-byte
+// aligned base (and that window is inside the row), the window (16 aligned loads from L1) is a
+// lookup table: 8 two-source permutes cover 32 floats each and a tree of blends on bits 5-7 of
+// the offset picks the right one. On Zen 5 that is about twice as fast as the 16-lane
+// vpgatherdps, which stays the fallback for wider spans.
+SN_TARGET static inline __m512 pick_x(const float* xr, int64_t K, __m512i cols) {
+  const int32_t first = _mm_cvtsi128_si32(_mm512_castsi512_si128(cols));
+  const int32_t last = _mm_extract_epi32(_mm512_extracti32x4_epi32(cols, 3), 3);
+  const int32_t base = first & ~15;
+  if (last - base >= 256 || base + 256 > K) return _mm512_i32gather_ps(cols, xr, 4);
+  const __m512i rel = _mm512_sub_epi32(cols, _mm512_set1_epi32(base));
+  const float* win = xr + base;
+  __m512 r[8];
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; ++q)
+    r[q] = _mm512_permutex2var_ps(_mm512_loadu_ps(win + 32 * q), rel, _mm512_loadu_ps(win + 32 * q + 16));
+  const __mmask16 b5 = _mm512_test_epi32_mask(rel, _mm512_set1_epi32(32));
+  const __mmask16 b6 = _mm512_test_epi32_mask(rel, _mm512_set1_epi32(64));
+  const __mmask16 b7 = _mm512_test_epi32_mask(rel, _mm512_set1_epi32(128));
+  const __m512 lo = _mm512_mask_blend_ps(b6, _mm512_mask_blend_ps(b5, r[0], r[1]),
+                                         _mm512_mask_blend_ps(b5, r[2], r[3]));
+  const __m512 hi = _mm512_mask_blend_ps(b6, _mm512_mask_blend_ps(b5, r[4], r[5]),
+                                         _mm512_mask_blend_ps(b5, r[6], r[7]));
+  return _mm512_mask_blend_ps(b7, lo, hi);
+}
+
+// CSR row . x with 16-lane lookups (pick_x); indices uint16 (widened) or int32.
 template <bool IDX16>
 SN_TARGET static void fwd_direct_csr(const SparseWeight& w, const float* x, int64_t M,
                                      const float* bias, float* y, int64_t n0, int64_t n1) {
@@ -235,8 +261,8 @@ SN_TARGET static void fwd_direct_csr(const SparseWeight& w, const float* x, int6
           i0 = _mm512_loadu_si512(c);
           i1 = _mm512_loadu_si512(c + 16);
         }
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w.values + j), _mm512_i32gather_ps(i0, xr, 4), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w.values + j + 16), _mm512_i32gather_ps(i1, xr, 4), a1);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w.values + j), pick_x(xr, K, i0), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w.values + j + 16), pick_x(xr, K, i1), a1);
       }
       for (; j < je; j += 16) {
         const int64_t left = std::min<int64_t>(16, je - j);
