@@ -204,6 +204,8 @@ SCALENN_TARGET_AVX512 inline void quad_window_chunk(const SparseInt8Weight& w,
   }
 }
 
+// The same row driver as window_rows_avx512, kept separate because that one is compiled for
+// AVX512_VBMI and this one must run on AVX-512 CPUs without it.
 template <int MT>
 SCALENN_TARGET_AVX512 void quad_window_rows_avx512(const SparseInt8Weight& w,
                                                    const SparseInt8Problem& pr, int64_t m0,
