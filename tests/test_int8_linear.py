@@ -79,8 +79,10 @@ def test_drop_in_shapes_dtypes_and_bias():
 
 def test_model_dtype_casts_keep_float32_scales():
     q = Int8Linear.from_dense(nn.Linear(16, 8))
+    scale, bias = q.weight_scale.clone(), q.bias.detach().clone()
     q.to(torch.bfloat16)
     assert q.weight_scale.dtype == torch.float32 and q.bias.dtype == torch.float32
+    assert torch.equal(q.weight_scale, scale) and torch.equal(q.bias, bias)  # not rounded
     assert q(torch.randn(3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 

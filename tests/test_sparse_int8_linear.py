@@ -99,6 +99,14 @@ def test_leading_dimensions_and_dtypes(shape):
         assert y.shape == (*shape[:-1], 7) and y.dtype == dtype
 
 
+def test_model_dtype_casts_keep_exact_float32_scales():
+    m = SparseInt8Linear.from_dense(masked_linear(32, 16))
+    scale, bias = m.weight_scale.clone(), m.bias.detach().clone()
+    m.to(torch.bfloat16)
+    assert torch.equal(m.weight_scale, scale) and torch.equal(m.bias, bias)
+    assert m(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_all_zero_weight_gives_bias():
     lin = nn.Linear(16, 4)
     m = SparseInt8Linear.from_dense(lin, mask=torch.zeros(4, 16, dtype=torch.bool))

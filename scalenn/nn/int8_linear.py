@@ -17,6 +17,7 @@ from .. import _C
 from .._ops.int8 import ACTIVATIONS, apply_activation
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import check_int8_device, int8_linear, pack_weight, quantize_weight
+from .float32_state import apply_keeping_float32
 from .registry import register_compressed_module
 
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
@@ -118,15 +119,10 @@ class Int8Linear(nn.Module):
             self._packed = w.new_empty(0)
 
     def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
         # model.to(torch.bfloat16) / .half() / .double() must not change the int8 layer's float32
         # scales and bias (the kernels read them as float32; outputs follow the input's dtype).
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = self.weight_scale.float()
-        if self.act_scale.dtype != torch.float32:
-            self.act_scale = self.act_scale.float()
-        if self.bias is not None and self.bias.dtype != torch.float32:
-            self.bias.data = self.bias.data.float()
+        out = apply_keeping_float32(self, lambda: super(Int8Linear, self)._apply(fn, *args, **kwargs),
+                                    ("weight_scale", "act_scale", "bias"))
         self._repack()  # the packed layout is device-specific
         return out
 

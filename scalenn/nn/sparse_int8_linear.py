@@ -15,6 +15,7 @@ from .. import _C
 from ..compress import sparse_int8_format as fmt
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import quantize_weight
+from .float32_state import apply_keeping_float32
 from .registry import register_compressed_module
 
 _SPARSE_INT8_LINEAR = torch.ops.scalenn.sparse_int8_linear.default
@@ -198,13 +199,10 @@ class SparseInt8Linear(nn.Module):
         fmt.check(module.packed(), module.out_features, module.in_features)
 
     def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
         # model.to(torch.bfloat16) must not change the float32 scales and bias the kernel reads.
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = self.weight_scale.float()
-        if self.bias is not None and self.bias.dtype != torch.float32:
-            self.bias.data = self.bias.data.float()
-        return out
+        return apply_keeping_float32(
+            self, lambda: super(SparseInt8Linear, self)._apply(fn, *args, **kwargs),
+            ("weight_scale", "bias"))
 
     def extra_repr(self) -> str:
         kernel = f"cpu-{_C.current_isa()}" if self.values.device.type == "cpu" else \
