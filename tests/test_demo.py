@@ -33,7 +33,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # only the 3136x128 Linear is pruned and packed, then quantized into SparseInt8Linear
     assert "SparseLinear: classifier.0 csr density 0.1" in stdout
     assert "| scalenn sparse | " in md and "ok: SparseLinear classifier.0 |" in md
-    assert "ok: SparseInt8Linear classifier.0; Int8Linear classifier.2" in md
+    assert "ok: SparseInt8Linear classifier.0; int8 features.0, features.3, classifier.2" in md
     sizes = {m.group(1): float(m.group(2)) for m in
              re.finditer(r"^\| ([^|]+?) \| [^|]+ \| [^|]+ \| ([\d.]+) MB", md, re.M)}
     assert sizes["scalenn sparse"] < 0.3 * sizes["dense fp32"], md

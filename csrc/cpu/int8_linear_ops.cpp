@@ -9,6 +9,8 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "../checks.h"
 #include "float_kind.h"
@@ -128,20 +130,18 @@ at::Tensor int8_gemm_s32_cpu(const at::Tensor& x, const at::Tensor& w_packed, in
   return out;
 }
 
-// Checks build no strings unless they fail (this runs per call, for small layers too).
-at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
-                       const std::optional<at::Tensor>& bias, int64_t N, float static_scale,
-                       const std::string& activation, const char* op) {
-  const auto st = x.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
-                   ": x must be float32, bfloat16 or float16, got ", dtype_name(st));
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", x.sizes());
+// The shared tail of the int8 linear and conv ops: weight/scale/bias checks, one scratch for
+// the quantized activations (rows [M, Kp]) and their scales, `quantize_rows(isa, kind, a, rs,
+// begin, end)` filling rows [begin, end) in parallel, then the GEMM. Checks build no strings
+// unless they fail (this runs per call, for small layers too).
+template <class QuantizeRows>
+at::Tensor quantized_gemm(const at::Tensor& x, int64_t M, int64_t K, const at::Tensor& w_packed,
+                          const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                          int64_t N, Activation act, const char* op,
+                          QuantizeRows quantize_rows) {
   TORCH_CHECK_VALUE(x.device() == w_packed.device() && x.device() == w_scale.device(), op,
                     ": x, w_packed and w_scale must be on one device, got ", x.device(), ", ",
                     w_packed.device(), " and ", w_scale.device());
-  const Activation act = parse_activation(activation, op);
-  const at::Tensor xc = x.contiguous();
-  const int64_t M = xc.size(0), K = xc.size(1);
   check_packed(w_packed, N, K, op);
   TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be torch.float32, got ",
                    dtype_name(w_scale.scalar_type()));
@@ -158,18 +158,17 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at
                       ": bias must have shape [out_features] = [", N, "], got ", bias->sizes());
     b = bias->contiguous();
   }
-  at::Tensor out = at::empty({M, N}, xc.options());
+  at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const CpuIsa isa = current_isa();
-  const FloatKind kind = float_kind(xc.scalar_type());
+  const FloatKind kind = float_kind(x.scalar_type());
   // One scratch allocation: row scales (M floats, 64-byte aligned size) then activations.
   const int64_t scale_bytes = round_up(M * 4, 64);
-  at::Tensor scratch = at::empty({scale_bytes + M * packed_k(K)}, xc.options().dtype(at::kByte));
+  at::Tensor scratch = at::empty({scale_bytes + M * packed_k(K)}, x.options().dtype(at::kByte));
   float* rs = reinterpret_cast<float*>(scratch.data_ptr<uint8_t>());
   uint8_t* ap = scratch.data_ptr<uint8_t>() + scale_bytes;
-  const void* xp = xc.data_ptr();
   at::parallel_for(0, M, row_grain(K), [&](int64_t begin, int64_t end) {
-    quantize_activations(isa, kind, xp, K, static_scale, ap, rs, begin, end);
+    quantize_rows(isa, kind, ap, rs, begin, end);
   });
   GemmProblem g;
   g.M = M; g.N = N; g.K = K;
@@ -183,6 +182,87 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at
   g.act = act;
   run_gemm(isa, g);
   return out;
+}
+
+at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, int64_t N, float static_scale,
+                       const std::string& activation, const char* op) {
+  check_float_input(x, op == std::string("int8_linear") ? "int8_linear: x" : "int8_linear_static: x");
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", x.sizes());
+  const Activation act = parse_activation(activation, op);
+  const at::Tensor xc = x.contiguous();
+  const int64_t M = xc.size(0), K = xc.size(1);
+  const void* xp = xc.data_ptr();
+  return quantized_gemm(xc, M, K, w_packed, w_scale, bias, N, act, op,
+                        [&](CpuIsa isa, FloatKind kind, uint8_t* a, float* rs, int64_t begin,
+                            int64_t end) {
+                          quantize_activations(isa, kind, xp, K, static_scale, a, rs, begin, end);
+                        });
+}
+
+// Int8Conv2d: each output pixel's patch (c, i, j order, zeros outside the image, as F.unfold)
+// is gathered into a per-thread float row and quantized straight into the activation buffer,
+// so the float im2col matrix (4x the bytes, and slow to build through torch) never exists.
+// Returns rows [N * Ho * Wo, out_channels]: NHWC order.
+at::Tensor int8_conv2d_rows_cpu(const at::Tensor& x, const at::Tensor& w_packed,
+                                const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                int64_t N, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const char* op = "int8_conv2d_rows";
+  check_float_input(x, "int8_conv2d_rows: x");
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  for (auto [name, v, lo] : {std::tuple{"kernel_size", kernel_size, 1}, {"stride", stride, 1},
+                             {"padding", padding, 0}, {"dilation", dilation, 1}}) {
+    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name,
+                      " must be two ints >= ", lo, ", got ", v);
+  }
+  const at::Tensor xc = x.contiguous();
+  const int64_t B = xc.size(0), C = xc.size(1), H = xc.size(2), W = xc.size(3);
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1];
+  const int64_t ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const int64_t span_h = H + 2 * ph - dh * (kh - 1) - 1, span_w = W + 2 * pw - dw * (kw - 1) - 1;
+  TORCH_CHECK_VALUE(span_h >= 0 && span_w >= 0, op, ": the (dilated) kernel ", kernel_size,
+                    " does not fit the padded input ", x.sizes());
+  const int64_t Ho = span_h / sh + 1, Wo = span_w / sw + 1, K = C * kh * kw;
+  const void* xp = xc.data_ptr();
+  return quantized_gemm(
+      xc, B * Ho * Wo, K, w_packed, w_scale, bias, N, Activation::none, op,
+      [&](CpuIsa isa, FloatKind kind, uint8_t* a, float* rs, int64_t begin, int64_t end) {
+        thread_local std::vector<float> patch;
+        patch.resize(K);
+        const int64_t Kp = packed_k(K);
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / (Ho * Wo), oh = (r / Wo) % Ho, ow = r % Wo;
+          float* dst = patch.data();
+          const int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
+          const bool inside = h0 >= 0 && h0 + (kh - 1) * dh < H && w0 >= 0 &&
+                              w0 + (kw - 1) * dw < W;
+          if (inside && kind == FloatKind::f32) {  // the common case: no bounds, no conversion
+            const float* xn = static_cast<const float*>(xp) + n * C * H * W + h0 * W + w0;
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t i = 0; i < kh; ++i) {
+                const float* src = xn + (c * H + i * dh) * W;
+                for (int64_t j = 0; j < kw; ++j) *dst++ = src[j * dw];
+              }
+            quantize_activations(isa, FloatKind::f32, patch.data(), K, 0.0f, a + r * Kp, rs + r,
+                                 0, 1);
+            continue;
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            for (int64_t i = 0; i < kh; ++i) {
+              const int64_t h = oh * sh - ph + i * dh;
+              const int64_t base = ((n * C + c) * H + h) * W;
+              for (int64_t j = 0; j < kw; ++j) {
+                const int64_t w = ow * sw - pw + j * dw;
+                *dst++ = (h >= 0 && h < H && w >= 0 && w < W) ? load_scalar(kind, xp, base + w)
+                                                               : 0.0f;
+              }
+            }
+          }
+          quantize_activations(isa, FloatKind::f32, patch.data(), K, 0.0f, a + r * Kp, rs + r,
+                               0, 1);
+        }
+      });
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed,
@@ -210,6 +290,7 @@ TORCH_LIBRARY_IMPL(scalenn, CPU, m) {
   m.impl("int8_gemm_s32", &int8_gemm_s32_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
   m.impl("int8_linear_static", &int8_linear_static_cpu);
+  m.impl("int8_conv2d_rows", &int8_conv2d_rows_cpu);
 }
 
 }  // namespace scalenn::cpu

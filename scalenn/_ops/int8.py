@@ -151,3 +151,54 @@ def _backward(ctx, grad):
 torch.library.register_autograd("scalenn::int8_linear", _backward, setup_context=_setup_context)
 torch.library.register_autograd("scalenn::int8_linear_static", _backward,
                                 setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ int8 convolution rows
+def conv_output_size(h, w, kernel_size, stride, padding, dilation):
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def im2col_rows_reference(x, kernel_size, stride, padding, dilation):
+    """The patches int8_conv2d_rows quantizes: F.unfold rows, [N * Ho * Wo, C * kh * kw]."""
+    cols = torch.nn.functional.unfold(x, kernel_size, dilation, padding, stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@torch.library.register_fake("scalenn::int8_conv2d_rows")
+def _conv2d_rows_fake(x, w_packed, w_scale, bias, out_channels, kernel_size, stride, padding,
+                      dilation):
+    torch._check(x.dim() == 4, lambda: "int8_conv2d_rows: x must be 4-D")
+    n, _, h, w = x.shape
+    ho, wo = conv_output_size(h, w, kernel_size, stride, padding, dilation)
+    return x.new_empty((n * ho * wo, out_channels))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, w_packed, w_scale, bias, out_channels, kernel_size, stride, padding, dilation = inputs
+    ctx.geometry = (list(kernel_size), list(stride), list(padding), list(dilation))
+    ctx.x_shape, ctx.x_dtype = tuple(x.shape), x.dtype
+    ctx.out_channels, ctx.has_bias = out_channels, bias is not None
+    ctx.save_for_backward(w_packed, w_scale)
+
+
+def _conv_backward(ctx, grad):
+    w_packed, w_scale = ctx.saved_tensors
+    kernel_size, stride, padding, dilation = ctx.geometry
+    n, c, h, w = ctx.x_shape
+    g = grad.float()
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        k = c * kernel_size[0] * kernel_size[1]
+        wq = torch.ops.scalenn.int8_unpack_weight(w_packed, ctx.out_channels, k)
+        cols = (g @ (wq.float() * w_scale[:, None])).reshape(n, -1, k).transpose(1, 2)
+        grad_x = torch.nn.functional.fold(cols, (h, w), kernel_size, dilation, padding,
+                                          stride).to(ctx.x_dtype)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = g.sum(0)
+    return grad_x, None, None, grad_bias, None, None, None, None, None
+
+
+torch.library.register_autograd("scalenn::int8_conv2d_rows", _conv_backward,
+                                setup_context=_conv_setup_context)

@@ -12,6 +12,7 @@ from typing import Iterable, List
 import torch
 import torch.nn as nn
 
+from ..nn.int8_conv import Int8Conv2d
 from ..nn.int8_linear import SCHEMES, Int8Linear, QATLinear
 from ..nn.registry import is_compressed
 from ..nn.sparse_int8_linear import SparseInt8Linear
@@ -49,7 +50,7 @@ class QuantizeReport:
 
 def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter = None,
              skip: Iterable[str] = (), force: bool = False, batch_rows: int = 64,
-             activation_dtype: torch.dtype = torch.float32):
+             activation_dtype: torch.dtype = torch.float32, convs: bool = False):
     """Replace the model's nn.Linear (and QATLinear) layers by Int8Linear, in place.
 
     filter: None, fn(module, fully_qualified_name) -> bool, or a list of name regexes (search).
@@ -57,6 +58,9 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
     force: swap every selected layer; otherwise a layer is swapped only when the measured cost
         model (scalenn.compress.int8_cost) says its int8 kernel beats the dense layer at
         `batch_rows` rows per call, so quantize never makes a model slower.
+    convs: also swap plain nn.Conv2d layers (groups=1, zero padding) for Int8Conv2d (int8 GEMM
+        on im2col patches; scheme int8_dynamic). Opt-in: there is no cost model for
+        convolutions (their cost depends on the input size, unknown here).
     Returns (model, QuantizeReport).
     """
     if not isinstance(model, nn.Module):
@@ -84,6 +88,10 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
         if is_compressed(module):
             report.entries.append({**entry, "action": "kept", "reason":
                                    f"{type(module).__name__} is another compressed format"})
+            continue
+        if convs and isinstance(module, nn.Conv2d):
+            if keep(module, name) and not skip_filter(module, name):
+                report.entries.append({**entry, **_quantize_conv(model, name, module, scheme)})
             continue
         if not isinstance(module, nn.Linear):
             continue
@@ -113,6 +121,18 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
         replace_module(model, name, new)
         report.entries.append({**entry, "action": "int8", "reason": reason})
     return model, report
+
+
+def _quantize_conv(model: nn.Module, name: str, conv: nn.Conv2d, scheme: str) -> dict:
+    entry = {"in_features": conv.in_channels, "out_features": conv.out_channels}
+    reason = Int8Conv2d.convertible(conv) or (
+        "" if scheme == "int8_dynamic" else f"Int8Conv2d is int8_dynamic only, not {scheme}")
+    if reason:
+        return {**entry, "action": "kept", "reason": reason}
+    new = Int8Conv2d.from_dense(conv, name=name)
+    new.train(conv.training)
+    replace_module(model, name, new)
+    return {**entry, "action": "int8", "reason": "convs=True (int8 im2col GEMM)"}
 
 
 def _quantize_pruned(model: nn.Module, name: str, module: nn.Module, scheme: str, force: bool,

@@ -179,7 +179,8 @@ def sparsify(model: nn.Module, filter: LayerFilter = None, force: bool = False,
                 continue
         replace_module(model, name, sparse)
     for name, module in list(named_modules_of_type(model, Int8Linear, filter)):
-        _sparsify_int8(model, name, module, force, batch_sizes, min_sparsity, report)
+        if type(module) is Int8Linear:  # not Int8Conv2d, its im2col subclass
+            _sparsify_int8(model, name, module, force, batch_sizes, min_sparsity, report)
     return model, report
 
 
