@@ -126,7 +126,9 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
 def _quantize_conv(model: nn.Module, name: str, conv: nn.Conv2d, scheme: str) -> dict:
     entry = {"in_features": conv.in_channels, "out_features": conv.out_channels}
     reason = Int8Conv2d.convertible(conv) or (
-        "" if scheme == "int8_dynamic" else f"Int8Conv2d is int8_dynamic only, not {scheme}")
+        "" if scheme == "int8_dynamic" else f"Int8Conv2d is int8_dynamic only, not {scheme}") or (
+        "" if conv.weight.device.type == "cpu" else
+        f"Int8Conv2d runs on the CPU only; layer is on {conv.weight.device.type}")
     if reason:
         return {**entry, "action": "kept", "reason": reason}
     new = Int8Conv2d.from_dense(conv, name=name)
