@@ -64,9 +64,15 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
                     "of chunks (", chunks, ")");
   const uint16_t* b = reinterpret_cast<const uint16_t*>(base.data_ptr<int16_t>());
   const int64_t limit = packed_k(K);
-  for (int64_t c = 0; c < chunks; ++c)
-    TORCH_CHECK_VALUE(4 * int64_t(b[c]) < limit, op, ": chunk ", c, " starts at column ",
-                      4 * int64_t(b[c]), ", outside in_features = ", K);
+  // This runs on every call: a branch-free max (vectorized) first, the offending chunk only
+  // when it fails (a checked loop cost ~15% of a batch-1 call at 4096 x 4096, 90% sparse).
+  uint16_t highest = 0;
+  for (int64_t c = 0; c < chunks; ++c) highest = std::max(highest, b[c]);
+  if (chunks > 0 && 4 * int64_t(highest) >= limit) {
+    const int64_t c = std::find(b, b + chunks, highest) - b;
+    TORCH_CHECK_VALUE(false, op, ": chunk ", c, " starts at column ", 4 * int64_t(b[c]),
+                      ", outside in_features = ", K);
+  }
   w.values = values.data_ptr<int8_t>();
   w.rel = rel.data_ptr<uint8_t>();
   w.base = b;

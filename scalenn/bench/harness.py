@@ -189,3 +189,31 @@ def ratio_bar_plot(group_key: str, variant_key: str, value_key: str, ylabel: str
         ax.axhline(1.0, color="k", lw=0.6)
         ax.legend(fontsize=7)
     return plot
+
+
+def speedup_by_shape_plot(value_key: str, ylabel: str, keep=lambda row: True):
+    """A plot function: one panel per weight shape (rows of the first thread count that `keep`
+    accepts), grouped log-scale bars of `value_key` per pattern, one bar per batch size M."""
+    def plot(report: Report, fig):
+        threads = report.rows[0]["threads"]
+        rows = [r for r in report.rows if r["threads"] == threads and keep(r)]
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        for si, shape in enumerate(shapes):
+            ax = fig.add_subplot(1, len(shapes), si + 1)
+            mine = [r for r in rows if r["shape"] == shape]
+            pats = list(dict.fromkeys(r["pattern"] for r in mine))
+            Ms = list(dict.fromkeys(r["M"] for r in mine))
+            width = 0.8 / max(1, len(Ms))
+            for mi, M in enumerate(Ms):
+                ys = [next(r[value_key] for r in mine if r["M"] == M and r["pattern"] == p)
+                      for p in pats]
+                ax.bar([i + mi * width for i in range(len(pats))], ys, width=width,
+                       label=f"M={M}")
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="k", lw=0.6)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pats))])
+            ax.set_xticklabels(pats, rotation=30, ha="right", fontsize=7)
+            ax.set_title(f"{shape}, {threads} thread(s)", fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+    return plot

@@ -176,22 +176,4 @@ def _no_grad(mod, x):
     return mod(x)
 
 
-def _plot(report, fig):
-    rows = [r for r in report.rows if r["threads"] == report.rows[0]["threads"]]
-    shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    for si, shape in enumerate(shapes):
-        ax = fig.add_subplot(1, len(shapes), si + 1)
-        pats = list(dict.fromkeys(r["pattern"] for r in rows if r["shape"] == shape))
-        Ms = list(dict.fromkeys(r["M"] for r in rows if r["shape"] == shape))
-        width = 0.8 / max(1, len(Ms))
-        for mi, M in enumerate(Ms):
-            ys = [next(r["x_vs_fp32"] for r in rows if r["shape"] == shape and r["M"] == M
-                       and r["pattern"] == p) for p in pats]
-            ax.bar([i + mi * width for i in range(len(pats))], ys, width=width, label=f"M={M}")
-        ax.set_yscale("log")
-        ax.axhline(1.0, color="k", lw=0.6)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pats))])
-        ax.set_xticklabels(pats, rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"{shape}, {rows[0]['threads']} threads", fontsize=8)
-        ax.set_ylabel("speed-up of scalenn over dense fp32 (x)")
-        ax.legend(fontsize=7)
+_plot = harness.speedup_by_shape_plot("x_vs_fp32", "speed-up of scalenn over dense fp32 (x)")

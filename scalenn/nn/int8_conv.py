@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .._ops.int8 import conv_output_size
 from .int8_linear import Int8Linear
+from .layer_helpers import call_op
 from .registry import register_compressed_module
 
 
@@ -82,8 +83,9 @@ class Int8Conv2d(Int8Linear):
         n, _, h, w = x.shape
         ho, wo = conv_output_size(h, w, self.kernel_size, self.stride, self.padding,
                                   self.dilation)
-        rows = _INT8_CONV2D_ROWS(x, self._packed, self.weight_scale, self.bias, self.out_channels,
-                                 self.kernel_size, self.stride, self.padding, self.dilation)
+        rows = call_op(_INT8_CONV2D_ROWS, (x, self._packed, self.weight_scale, self.bias,
+                                           self.out_channels, self.kernel_size, self.stride,
+                                           self.padding, self.dilation), x, self.bias)
         # NCHW with channels-last strides: no copy, and pooling is faster on it than on NCHW.
         return rows.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
 

@@ -17,7 +17,7 @@ from .. import _C
 from .._ops.int8 import ACTIVATIONS, apply_activation
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import check_int8_device, int8_linear, pack_weight, quantize_weight
-from .float32_state import apply_keeping_float32
+from .layer_helpers import apply_keeping_float32, call_op, dense_linear
 from .registry import register_compressed_module
 
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
@@ -90,13 +90,7 @@ class Int8Linear(nn.Module):
         return m
 
     def to_dense(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                        device=self.weight_int8.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return dense_linear(self.weight, self.bias)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -155,16 +149,8 @@ class Int8Linear(nn.Module):
                 check_int8_device(x, "Int8Linear")
             x2 = x if x.dim() == 2 else (x.reshape(1, self.in_features) if x.dim() == 1
                                          else x.flatten(0, -2))
-            bias = self.bias
-            if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
-                    x.requires_grad or (bias is not None and bias.requires_grad))):
-                y = _INT8_LINEAR(x2, self._packed, self.weight_scale, bias, self.out_features,
-                                 self.activation)
-            else:
-                # Nothing to differentiate: skip the (Python) autograd kernel, ~3 us per call.
-                with torch._C._AutoDispatchBelowAutograd():
-                    y = _INT8_LINEAR(x2, self._packed, self.weight_scale, bias,
-                                     self.out_features, self.activation)
+            y = call_op(_INT8_LINEAR, (x2, self._packed, self.weight_scale, self.bias,
+                                       self.out_features, self.activation), x, self.bias)
             return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
         if self.scheme == "int8_weight_only" or self._observing:
             if self._observing:

@@ -15,7 +15,7 @@ from .. import _C
 from ..compress import sparse_int8_format as fmt
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import quantize_weight
-from .float32_state import apply_keeping_float32
+from .layer_helpers import apply_keeping_float32, call_op, dense_linear
 from .registry import register_compressed_module
 
 _SPARSE_INT8_LINEAR = torch.ops.scalenn.sparse_int8_linear.default
@@ -132,13 +132,7 @@ class SparseInt8Linear(nn.Module):
         return self.weight_int8().float() * self.weight_scale[:, None]
 
     def to_dense(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                        device=self.values.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return dense_linear(self.weight, self.bias)
 
     @property
     def kept(self) -> int:
@@ -170,16 +164,8 @@ class SparseInt8Linear(nn.Module):
                              f"{self.values.device}; use to_dense() elsewhere")
         x2 = x if x.dim() == 2 else (x.reshape(1, self.in_features) if x.dim() == 1
                                      else x.flatten(0, -2))
-        args = (x2, self.values, self.rel, self.base, self.row_offsets, self.weight_scale,
-                self.bias, self.format)
-        bias = self.bias
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
-                x.requires_grad or (bias is not None and bias.requires_grad))):
-            y = _SPARSE_INT8_LINEAR(*args)
-        else:
-            # Nothing to differentiate: skip the (Python) autograd kernel, ~3 us per call.
-            with torch._C._AutoDispatchBelowAutograd():
-                y = _SPARSE_INT8_LINEAR(*args)
+        y = call_op(_SPARSE_INT8_LINEAR, (x2, self.values, self.rel, self.base, self.row_offsets,
+                                          self.weight_scale, self.bias, self.format), x, self.bias)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     # ---------------------------------------------------------------- registry protocol

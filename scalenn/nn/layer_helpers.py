@@ -1,0 +1,45 @@
+"""What the compressed Linear-like layers (Int8Linear, SparseInt8Linear) share: their float32
+state through model-wide dtype casts, the inference fast path of their op call, to_dense."""
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+
+def apply_keeping_float32(module: nn.Module, apply, names: Iterable[str]):
+    """Run `apply()` (the layer's nn.Module._apply) and undo any dtype change it made to the
+    float32 tensors `names` (scales, bias): `model.to(torch.bfloat16)` must not round what the
+    kernels read as float32, while a device move still moves them. Returns apply()'s result."""
+    names = [n for n in names if getattr(module, n, None) is not None]
+    saved = {n: getattr(module, n).detach().clone() for n in names}
+    out = apply()
+    for n in names:
+        t = getattr(module, n)
+        if t.dtype != torch.float32:
+            exact = saved[n].to(t.device)
+            if isinstance(t, nn.Parameter):
+                t.data = exact
+            else:
+                setattr(module, n, exact)
+    return out
+
+
+def call_op(op, args, x: torch.Tensor, bias) -> torch.Tensor:
+    """op(*args), below the autograd kernel when there is nothing to differentiate: the Python
+    autograd wrapper costs ~3 us a call, which small layers feel. Under torch.compile the op is
+    always called normally."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
+            x.requires_grad or (bias is not None and bias.requires_grad))):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def dense_linear(weight: torch.Tensor, bias) -> nn.Linear:
+    """An nn.Linear holding `weight` [out, in] and `bias` (float32 copies)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias is not None, device=weight.device)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
