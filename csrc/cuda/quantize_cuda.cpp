@@ -1,20 +1,13 @@
 // CUDA bindings of scalenn::quantize_per_row / dequantize_per_row (built with SCALENN_CUDA).
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "../checks.h"
+#include "binding_utils.h"
 #include "quantize_kernels.h"
 
 namespace scalenn::cuda {
 namespace {
-
-int float_kind(at::ScalarType st) {
-  return st == at::kBFloat16 ? 1 : (st == at::kHalf ? 2 : 0);
-}
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_row_cuda(const at::Tensor& x) {
   check_float_input(x, "quantize_per_row: x");
@@ -24,9 +17,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_row_cuda(const at::Tensor& x) {
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor q = at::empty_like(x, x.options().dtype(at::kChar));
   at::Tensor scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  C10_CUDA_CHECK(launch_quantize_per_row(float_kind(x.scalar_type()), x.data_ptr(), x.size(0),
+  C10_CUDA_CHECK(launch_quantize_per_row(float_kind_of(x.scalar_type()), x.data_ptr(), x.size(0),
                                          x.size(1), q.data_ptr<int8_t>(), scale.data_ptr<float>(),
-                                         at::cuda::getCurrentCUDAStream()));
+                                         current_stream()));
   return {q, scale};
 }
 
@@ -45,9 +38,9 @@ at::Tensor dequantize_per_row_cuda(const at::Tensor& q, const at::Tensor& scale,
                    "dequantize_per_row: dtype must be float32, bfloat16 or float16, got ", dtype_name(dtype));
   c10::cuda::CUDAGuard guard(q.device());
   at::Tensor y = at::empty(q.sizes(), q.options().dtype(dtype));
-  C10_CUDA_CHECK(launch_dequantize_per_row(float_kind(dtype), q.data_ptr<int8_t>(),
+  C10_CUDA_CHECK(launch_dequantize_per_row(float_kind_of(dtype), q.data_ptr<int8_t>(),
                                            scale.data_ptr<float>(), q.size(0), q.size(1),
-                                           y.data_ptr(), at::cuda::getCurrentCUDAStream()));
+                                           y.data_ptr(), current_stream()));
   return y;
 }
 
