@@ -250,17 +250,21 @@ def run_tests(out_dir, timeout_s=180):
 
 
 class Timer:
-    """Interleaved CUDA-event timing: every round runs each variant `inner` times in a row
-    (cycling through its rotated operand copies), rounds alternate the variant order, the
-    result is the median over rounds of the per-call time."""
+    """Interleaved CUDA-event timing. Every variant is first run eagerly (compiles, autotunes)
+    and sized to ~2 ms per round (`inner` calls, cycling through its rotated operand copies);
+    then `inner` calls are captured into one CUDA graph. Each round times, per variant, one
+    graph replay (device time: no Python or launch gaps between kernels) and one eager loop
+    (what a Python caller pays per call); rounds alternate the variant order. Results are
+    medians over rounds of the per-call time: "ms" from the graph (eager where a variant cannot
+    be captured, e.g. it copies a host table each call), and "eager_ms"."""
 
     def __init__(self, torch, rounds):
         self.torch, self.rounds = torch, rounds
 
     def run(self, variants: dict) -> dict:
         torch = self.torch
-        inner = {}
-        for name, fn in variants.items():  # warm-up (compiles, autotunes) and sizing
+        inner, graphs = {}, {}
+        for name, fn in variants.items():
             for i in range(3):
                 fn(i)
             _sync(torch)
@@ -269,13 +273,21 @@ class Timer:
                 fn(i)
             _sync(torch)
             per_call = (time.perf_counter() - t0) / 5
-            inner[name] = int(min(200, max(3, 2e-3 / max(per_call, 1e-7))))  # ~2 ms per round
-        times = {name: [] for name in variants}
+            inner[name] = int(min(200, max(3, 2e-3 / max(per_call, 1e-7))))
+            graphs[name] = self._capture(fn, inner[name])
+        graph_t = {name: [] for name in variants}
+        eager_t = {name: [] for name in variants}
         names = list(variants)
         counter = 0
         for r in range(self.rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            for name in order:
+            for name in (names if r % 2 == 0 else names[::-1]):
+                if graphs[name] is not None:
+                    start, end = _event(torch), _event(torch)
+                    start.record()
+                    graphs[name].replay()
+                    end.record()
+                    end.synchronize()
+                    graph_t[name].append(start.elapsed_time(end) / inner[name])
                 start, end = _event(torch), _event(torch)
                 start.record()
                 for _ in range(inner[name]):
@@ -283,8 +295,36 @@ class Timer:
                     counter += 1
                 end.record()
                 end.synchronize()
-                times[name].append(start.elapsed_time(end) / inner[name])
-        return {name: statistics.median(v) for name, v in times.items()}
+                eager_t[name].append(start.elapsed_time(end) / inner[name])
+        out = {}
+        for name in names:
+            eager = statistics.median(eager_t[name])
+            graph = statistics.median(graph_t[name]) if graph_t[name] else None
+            out[name] = {"ms": graph if graph is not None else eager, "eager_ms": eager,
+                         "timed_by": "graph" if graph is not None else "eager"}
+        del graphs
+        return out
+
+    def _capture(self, fn, n):
+        """A CUDA graph of n calls, or None when the variant cannot be captured."""
+        torch = self.torch
+        if DEV != "cuda":
+            return None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
+            fn(0)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for i in range(n):
+                    fn(i)
+        except Exception:  # noqa: BLE001 - e.g. a host-to-device table copy while capturing
+            torch.cuda.synchronize()
+            return None
+        return graph
 
 
 def _sync(torch):
@@ -313,7 +353,7 @@ def measure_limits(torch, timer, scale=1):
     n = (1 << 29) // scale  # 512 MiB: far past L2
     a = torch.empty(n, dtype=torch.uint8, device=DEV).random_()
     b = torch.empty_like(a)
-    ms = timer.run({"copy": lambda i: b.copy_(a)})["copy"]
+    ms = timer.run({"copy": lambda i: b.copy_(a)})["copy"]["ms"]
     copy_gbs = 2 * n / (ms * 1e-3) / 1e9
     del a, b
     s = 8192 // scale
@@ -323,8 +363,8 @@ def measure_limits(torch, timer, scale=1):
     qb = torch.randint(-127, 128, (s, s), device=DEV, dtype=torch.int8).t()
     t = timer.run({"bf16": lambda i: torch.mm(x, y), "int8": lambda i: torch._int_mm(qa, qb)})
     flops = 2 * s ** 3
-    return {"copy_GBps": copy_gbs, "bf16_TFLOPs": flops / (t["bf16"] * 1e-3) / 1e12,
-            "int8_TOPs": flops / (t["int8"] * 1e-3) / 1e12}
+    return {"copy_GBps": copy_gbs, "bf16_TFLOPs": flops / (t["bf16"]["ms"] * 1e-3) / 1e12,
+            "int8_TOPs": flops / (t["int8"]["ms"] * 1e-3) / 1e12}
 
 
 def _int8_variants(torch, S, M, l2):
@@ -345,6 +385,9 @@ def _int8_variants(torch, S, M, l2):
                                                             None, S, "none")
     v["scalenn int8 (triton)"] = lambda i: tk.int8_linear(xs[i % len(xs)], w8[i % n_w], ws, None,
                                                           S, "none")
+    if M <= tk.FUSED_QUANT_MAX_M:  # is the fused-quantize choice right at this M?
+        v["scalenn int8 (triton, prepass)"] = lambda i: tk.int8_linear(
+            xs[i % len(xs)], w8[i % n_w], ws, None, S, "none", fuse_quant=False)
     w8t = [w.t() for w in w8]
 
     def int_mm(i):
@@ -374,10 +417,11 @@ def bench_int8(torch, timer, sizes, ms, l2, deadline):
                 except RuntimeError as e:
                     rows.append({"S": S, "M": M, "variant": name, "error": str(e)[:200]})
             t = timer.run(ok)
-            best_scalenn = min((t[n] for n in t if n.startswith("scalenn")), default=None)
-            for name, ms_ in t.items():
-                rows.append({"S": S, "M": M, "variant": name, "ms": ms_,
-                             "TOPs": 2 * M * S * S / (ms_ * 1e-3) / 1e12})
+            best_scalenn = min((t[n]["ms"] for n in t if n.startswith("scalenn")), default=None)
+            for name, r in t.items():
+                rows.append({"S": S, "M": M, "variant": name, **r,
+                             "TOPs": 2 * M * S * S / (r["ms"] * 1e-3) / 1e12})
+            t = {name: r["ms"] for name, r in t.items()}
             summary = {"S": S, "M": M, "variant": "summary", "ms": best_scalenn}
             if best_scalenn is not None:
                 if "bf16 F.linear" in t:
@@ -442,9 +486,10 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
                 except RuntimeError as e:
                     rows.append({"S": S, "M": M, "variant": name, "error": str(e)[:200]})
             t = timer.run(ok)
-            for name, ms_ in t.items():
-                rows.append({"S": S, "M": M, "variant": name, "ms": ms_,
-                             "TFLOPs_dense_equiv": 2 * M * S * S / (ms_ * 1e-3) / 1e12})
+            for name, r in t.items():
+                rows.append({"S": S, "M": M, "variant": name, **r,
+                             "TFLOPs_dense_equiv": 2 * M * S * S / (r["ms"] * 1e-3) / 1e12})
+            t = {name: r["ms"] for name, r in t.items()}
             mine = t.get("scalenn 2:4 (mma.sp)")
             summary = {"S": S, "M": M, "variant": "summary", "ms": mine}
             if mine:
@@ -482,9 +527,9 @@ def bench_pack(torch, timer, copy_gbs, scale=1):
              f"torch.cat*scale->{str(dtype)[6:]}": lambda i, d=dtype: (
                 torch.cat([g.view(-1) for g in grads]) * 0.125).to(d)}
         t = timer.run(v)
-        for name, ms_ in t.items():
-            gbs = total * (4 + nbytes) / (ms_ * 1e-3) / 1e9
-            rows.append({"variant": name, "ms": ms_, "GBps": gbs,
+        for name, r in t.items():
+            gbs = total * (4 + nbytes) / (r["ms"] * 1e-3) / 1e9
+            rows.append({"variant": name, **r, "GBps": gbs,
                          "fraction_of_copy_bw": gbs / copy_gbs})
     return rows
 
@@ -560,6 +605,11 @@ def main(argv=None):
         print(f"[gpu_check] {name} done ({time.time() - t_start:.0f} s)", flush=True)
         save(report, args.out)
     report["triton_autotune"] = autotune_choices()
+    if DEV == "cuda":
+        try:
+            profile_launch(torch, os.path.join(args.out, "launch_profile.txt"))
+        except Exception:  # noqa: BLE001 - diagnostics only
+            traceback.print_exc()
     report["targets"] = check_targets(report)
     report["seconds_total"] = round(time.time() - t_start, 1)
     save(report, args.out)
@@ -578,6 +628,33 @@ def save(report, out_dir):
     """Written after every step, so a run cut short still leaves what it measured."""
     with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
+
+
+def profile_launch(torch, path, calls=200):
+    """Where a Python caller's time goes in one small Triton int8_linear call (M=16): cProfile
+    of `calls` eager calls, top functions by cumulative time, written to `path`."""
+    import cProfile
+    import io
+    import pstats
+    from scalenn.kernels import int8_linear as tk
+    x = torch.randn(16, 4096, device=DEV, dtype=torch.bfloat16)
+    w = torch.randint(-127, 128, (4096, 4096), device=DEV, dtype=torch.int8)
+    ws = torch.rand(4096, device=DEV)
+    for _ in range(3):
+        tk.int8_linear(x, w, ws, None, 4096, "none")
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(calls):
+        tk.int8_linear(x, w, ws, None, 4096, "none")
+    prof.disable()
+    host_us = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+    with open(path, "w") as f:
+        f.write(f"host time per call under cProfile: {host_us:.1f} us\n{text.getvalue()}")
 
 
 def autotune_choices():
@@ -605,6 +682,8 @@ def render(report) -> str:
     for name in ("int8_linear", "sparse24", "bucket_pack"):
         if any("error" in r and "variant" not in r for r in report[name]):
             parts.append(f"section {name} FAILED (traceback in gpu_check.json)")
+    parts.append("\ntimes: ms per call of the device, from CUDA-graph replays (eager where a "
+                 "variant cannot be captured); eager per-call times in gpu_check.json")
     parts.append("\nint8 W8A8 linear incl. activation quantization (ms; ratios: baseline time / "
                  "best scalenn time):")
     parts.append(_section_table(report["int8_linear"], ["vs_bf16", "vs_int_mm"]))
@@ -612,8 +691,15 @@ def render(report) -> str:
     parts.append(_section_table(report["sparse24"], ["vs_dense", "vs_semi_structured",
                                                      "int8_vs_dense_int8"]))
     parts.append("\nbucket pack (100 M fp32 elements):")
-    parts.append(format_table(report["bucket_pack"], ["variant", "ms", "GBps",
+    parts.append(format_table(report["bucket_pack"], ["variant", "ms", "timed_by", "GBps",
                                                       "fraction_of_copy_bw"]))
+    small = [r for r in report["int8_linear"] if "eager_ms" in r]
+    if small:
+        m0, s0 = min(r["M"] for r in small), min(r["S"] for r in small)
+        parts.append(f"\nper-call cost from Python, int8 linear at M={m0}, K=N={s0} "
+                     "(device ms from the graph vs eager ms):")
+        parts.append(format_table([r for r in small if r["M"] == m0 and r["S"] == s0],
+                                  ["variant", "ms", "eager_ms"]))
     parts.append("\ntargets: " + ", ".join(f"{k}: {v['status']}" + (
         f" ({v['worst']:.2f} vs {v['threshold']})" if "worst" in v else "")
         for k, v in report["targets"].items()))

@@ -20,9 +20,14 @@ def _cfg(bm, bn, bk, warps, stages, **extra):
 # loads 128-byte aligned. Small-M configs exist because decode-like M=16 is weight-bandwidth
 # bound: there the best tile is narrow in M and wide in N with deep pipelining.
 # Kept short on purpose: every entry is compiled and timed once per new (M bucket, N, K).
+# Decode-sized M (<= 32) streams the weight: narrow N tiles (32/64 columns) give N/32..N/64
+# programs, enough to keep all 132 SMs of an H200 loading (N/128 programs left 100 of them idle
+# at N=4096).
 _INT8_SM90 = [
-    _cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4), _cfg(64, 128, 128, 4, 4),
-    _cfg(16, 128, 256, 4, 4), _cfg(32, 64, 256, 4, 5),
+    _cfg(128, 256, 128, 8, 3), _cfg(128, 256, 128, 8, 4), _cfg(256, 128, 128, 8, 4),
+    _cfg(128, 128, 128, 8, 4), _cfg(64, 128, 128, 4, 4),
+    _cfg(16, 128, 256, 4, 4), _cfg(16, 64, 256, 4, 4), _cfg(16, 32, 512, 4, 3),
+    _cfg(32, 64, 256, 4, 5),
 ]
 _INT8_SM80 = [
     _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 4, 4), _cfg(64, 128, 128, 4, 4),
@@ -39,6 +44,10 @@ _FLOAT_SM80 = [
 ]
 # Under the interpreter: tiny tiles so that masked edges are exercised on small test shapes.
 _INTERPRET = [_cfg(16, 16, 32, 1, 1)]
+# With autotuning off (the GPU test run): one mid-size tile whose shared memory fits every mode
+# on sm_80 and sm_90, float32 activations loaded by the fused-quantize path included (a 128x128
+# tile with 4 stages needs 272 KiB there).
+_NO_AUTOTUNE = {"int8": _cfg(64, 128, 128, 4, 3), "float": _cfg(64, 128, 64, 4, 3)}
 
 
 def _arch_major() -> int:
@@ -50,14 +59,13 @@ def _arch_major() -> int:
 
 def gemm_configs(kind: str):
     """kind: 'int8' or 'float'. One fixed config under the interpreter; with
-    SCALENN_TRITON_AUTOTUNE=0 (the GPU test run) only the first config of the arch's list, so
-    tests with many shapes do not compile every candidate for every shape."""
+    SCALENN_TRITON_AUTOTUNE=0 (the GPU test run) one config that fits everywhere, so tests with
+    many shapes do not compile every candidate for every shape."""
     if interpreting():
         return list(_INTERPRET)
-    hopper = _arch_major() >= 9
     if os.environ.get("SCALENN_TRITON_AUTOTUNE", "1") == "0":
-        return [(_INT8_SM90 if hopper else _INT8_SM80)[1] if kind == "int8"
-                else (_FLOAT_SM90 if hopper else _FLOAT_SM80)[1]]
+        return [_NO_AUTOTUNE[kind]]
+    hopper = _arch_major() >= 9
     if kind == "int8":
         return list(_INT8_SM90 if hopper else _INT8_SM80)
     return list(_FLOAT_SM90 if hopper else _FLOAT_SM80)
