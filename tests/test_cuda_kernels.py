@@ -55,9 +55,13 @@ needs_int8_linear = pytest.mark.skipif(not has_op("int8_linear"),
 
 
 @needs_int8_linear
+@pytest.mark.parametrize("kernel", ["mma", "triton"])
 @pytest.mark.parametrize("shape", INT8_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_cuda_int8_linear_matches_reference(shape, dtype):
+def test_cuda_int8_linear_matches_reference(shape, dtype, kernel, monkeypatch):
+    # scalenn::int8_linear picks a kernel per call (gpu_backends.int8_linear_kernel_choice);
+    # both must meet the contract.
+    monkeypatch.setenv("SCALENN_INT8_GPU_KERNEL", kernel)
     M, N, K = shape
     x = (torch.randn(M, K) * 3).to(dtype)
     x[0, 0] = float("nan") if M > 2 else x[0, 0]
@@ -68,6 +72,18 @@ def test_cuda_int8_linear_matches_reference(shape, dtype):
         y = OP.int8_linear(x.to(DEV), w_packed, w_s.to(DEV), bias.to(DEV), N, act)
         assert y.dtype == dtype and y.shape == (M, N)
         close(y, int8_linear_reference(x, w_q, w_s, bias, act), dtype)
+
+
+@needs_int8_linear
+@pytest.mark.parametrize("kernel", ["mma", "triton"])
+def test_cuda_int8_linear_opcheck(kernel, monkeypatch):
+    monkeypatch.setenv("SCALENN_INT8_GPU_KERNEL", kernel)
+    w_q, w_s = quantize_per_row_reference(torch.randn(24, 40))
+    args = (torch.randn(5, 40, device=DEV), OP.int8_pack_weight(w_q.to(DEV)), w_s.to(DEV),
+            torch.randn(24, device=DEV), 24, "relu")
+    torch.library.opcheck(OP.int8_linear, args)
+    if has_op("int8_linear_mma"):
+        torch.library.opcheck(OP.int8_linear_mma, args)
 
 
 @needs_int8_linear

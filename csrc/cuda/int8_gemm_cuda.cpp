@@ -74,9 +74,16 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& w_packed,
 
 }  // namespace
 
+// The compiled kernel is its own op: scalenn::int8_linear on CUDA tensors is served from Python
+// (scalenn/_ops/gpu_backends.py), which picks this kernel or the Triton one per call.
+TORCH_LIBRARY_FRAGMENT(scalenn, m) {
+  m.def("int8_linear_mma(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
+        "SymInt out_features, str activation) -> Tensor");
+}
+
 TORCH_LIBRARY_IMPL(scalenn, CUDA, m) {
   m.impl("int8_pack_weight", &int8_pack_weight_cuda);
-  m.impl("int8_linear", &int8_linear_cuda);
+  m.impl("int8_linear_mma", &int8_linear_cuda);
 }
 
 }  // namespace scalenn::cuda

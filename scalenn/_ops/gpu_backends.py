@@ -130,15 +130,63 @@ def _has_compiled_cuda_kernel(op: str) -> bool:
 
 def _register_triton() -> None:
     """'triton' backend: every registrable op. 'cuda' backend: Triton fills in only the ops
-    that have no compiled CUDA kernel (an op family added without csrc/cuda code)."""
+    that have no compiled CUDA kernel (an op family added without csrc/cuda code), except
+    int8_linear, which picks between both kernels per call (`int8_linear_kernel_choice`)."""
     backend = gpu_backend()
     if backend == "none":
         return
-    for op, (module_name, fn_name) in registrable_triton_ops().items():
+    ops = registrable_triton_ops()
+    for op, (module_name, fn_name) in ops.items():
         if backend == "cuda" and _has_compiled_cuda_kernel(op):
+            continue
+        if backend == "cuda" and op == "scalenn::int8_linear" and _schema_args(MMA_OP):
+            torch.library.register_kernel(op, "cuda", _int8_linear_cuda)
             continue
         torch.library.register_kernel(op, "cuda", _lazy(module_name, fn_name))
 
 
+# The compiled int8 kernel (csrc/cuda, mma.sync) under its own name, in CUDA builds.
+MMA_OP = "scalenn::int8_linear_mma"
+# Above this much work (M*N*K multiply-adds) a call is device-bound even from eager Python.
+TRITON_INT8_MIN_MACS = 1 << 36
+
+
+def int8_linear_kernel_choice(x: torch.Tensor, out_features: int) -> str:
+    """'triton' or 'mma' for one scalenn::int8_linear call on a CUDA tensor.
+
+    Measured on an H200 (benchmarks/results/gpu_check_h200_*): the Triton kernel (wgmma on
+    Hopper) takes 2.2-2.7x less device time than the mma.sync kernel at every M, but each eager
+    call costs ~100 us of Python launch work per Triton launch there, against ~40 us for the
+    compiled op. So on Hopper: Triton while a CUDA graph is being captured (replays pay device
+    time only) or when the call is big enough to be device-bound; mma otherwise. Ampere is
+    unmeasured: mma (native there). SCALENN_INT8_GPU_KERNEL=triton|mma forces one."""
+    forced = os.environ.get("SCALENN_INT8_GPU_KERNEL", "auto").lower()
+    if forced not in ("auto", "triton", "mma"):
+        raise ValueError(f"SCALENN_INT8_GPU_KERNEL must be auto, triton or mma, got {forced!r}")
+    if forced != "auto":
+        return forced
+    if torch.cuda.get_device_capability(x.device)[0] < 9:
+        return "mma"
+    if torch.cuda.is_current_stream_capturing():
+        return "triton"
+    macs = x.shape[0] * x.shape[-1] * out_features
+    return "triton" if macs >= TRITON_INT8_MIN_MACS else "mma"
+
+
+def _int8_linear_cuda(x, w_packed, w_scale, bias, out_features, activation):
+    if int8_linear_kernel_choice(x, out_features) == "triton":
+        module = importlib.import_module("scalenn.kernels.int8_linear")
+        return module.int8_linear(x, w_packed, w_scale, bias, out_features, activation)
+    return torch.ops.scalenn.int8_linear_mma(x, w_packed, w_scale, bias, out_features, activation)
+
+
+def _register_mma_fake() -> None:
+    if _schema_args(MMA_OP) is not None:
+        @torch.library.register_fake(MMA_OP)
+        def _(x, w_packed, w_scale, bias, out_features, activation):
+            return x.new_empty((x.shape[0], out_features))
+
+
 _use_source_tree_kernels()
+_register_mma_fake()
 _register_triton()
