@@ -391,9 +391,9 @@ def _int8_variants(torch, S, M, l2):
                                                                 "none")
     v["scalenn int8 (triton)"] = lambda i: tk.int8_linear(xs[i % len(xs)], w8[i % n_w], ws, None,
                                                           S, "none")
-    if M <= tk.FUSED_QUANT_MAX_M:  # is the fused-quantize choice right at this M?
-        v["scalenn int8 (triton, prepass)"] = lambda i: tk.int8_linear(
-            xs[i % len(xs)], w8[i % n_w], ws, None, S, "none", fuse_quant=False)
+    # the pointer-addressed GEMM, to see what the TMA path (the default on Hopper) gains
+    v["scalenn int8 (triton, no TMA)"] = lambda i: tk.int8_linear(
+        xs[i % len(xs)], w8[i % n_w], ws, None, S, "none", tma=False)
     w8t = [w.t() for w in w8]
 
     def int_mm(i):

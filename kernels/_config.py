@@ -72,6 +72,13 @@ def gemm_configs(kind: str):
     return list(_FLOAT_SM90 if hopper else _FLOAT_SM80)
 
 
+def with_pre_hook(configs, hook):
+    """The same tiles, each running `hook(kernel_args)` before every launch (TMA kernels set
+    their descriptors' block shapes from the chosen tile there)."""
+    return [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages,
+                          pre_hook=hook) for c in configs]
+
+
 def prune_by_m(configs, named_args, **kwargs):
     """Autotune early prune: only tiles whose M extent suits the batch size are timed (decode
     M <= 32 -> BLOCK_M <= 32; M <= 256 -> 32..128; larger -> >= 64), so a new shape costs 2-3

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from ._config import gemm_configs, m_bucket, prune_by_m
+from ._config import gemm_configs, m_bucket, prune_by_m, with_pre_hook
 from .quantize import _FLT_MAX, _ROUND_MAGIC, quantize_per_row
 
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}
@@ -124,6 +124,45 @@ def _int8_linear_kernel(x_ptr, q_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_pt
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
+def _tma_block_shapes(nargs):
+    """Autotune pre-hook: the descriptors' block shapes follow the chosen tile."""
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+@triton.autotune(configs=with_pre_hook(gemm_configs("int8"), _tma_block_shapes),
+                 key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": prune_by_m})
+@triton.jit
+def _int8_linear_tma_kernel(a_desc, w_desc, row_scale_ptr, w_scale_ptr, bias_ptr, y_ptr,
+                            M, N, K, stride_ym, M_BUCKET,
+                            HAS_BIAS: tl.constexpr, ACT: tl.constexpr, GROUP_M: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The pre-pass GEMM with both int8 operands brought in by the tensor-memory accelerator
+    (Hopper): host-built descriptors, tiles zero-filled past the edges, no address arithmetic
+    or masks in the K loop."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        a = a_desc.load([off_m, k0])
+        w = w_desc.load([off_n, k0])
+        acc = tl.dot(a, w.T, acc=acc, out_dtype=tl.int32)
+    offs_m = (off_m + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (off_n + tl.arange(0, BLOCK_N)).to(tl.int64)
+    row_scale = tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)
+    y = _epilogue(acc, row_scale, w_scale_ptr, bias_ptr, offs_n, N, HAS_BIAS, ACT)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
 def _launch_opts():
     # No fp contraction: x*inv + magic must not become an fma (it would round differently from
     # the reference's rounded product). The interpreter has no such option (and no fma).
@@ -171,10 +210,14 @@ def _check_linear_args(x, w_packed, w_scale, bias, out_features, activation):
 
 
 def int8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
-                bias, out_features: int, activation: str, *, fuse_quant=None) -> torch.Tensor:
+                bias, out_features: int, activation: str, *, fuse_quant=None,
+                tma=None) -> torch.Tensor:
     """scalenn::int8_linear on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
-    fuse_quant: None picks by M (see module docstring); True/False forces a path (tests)."""
+    fuse_quant: None picks by M (see module docstring); True/False forces a path (tests).
+    tma: the pre-pass GEMM through TMA descriptors; None = where the GPU has TMA (Hopper+) and
+    the rows are 16-byte aligned, True forces it (tests, also under the interpreter), False
+    never (benchmarks compare both)."""
     _check_linear_args(x, w_packed, w_scale, bias, out_features, activation)
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
@@ -185,7 +228,7 @@ def int8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
     if M > 0 and N > 0:
         _launch(x2, w_packed.contiguous(), w_scale.contiguous(),
                 None if bias is None else bias.contiguous(), y, ACTIVATIONS[activation],
-                raw_int32=False, fuse_quant=fuse_quant)
+                raw_int32=False, fuse_quant=fuse_quant, tma=tma)
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -208,7 +251,29 @@ def int8_mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _launch(x2, w, w_scale, bias, y, act, raw_int32, fuse_quant):
+def _tma_usable(q, w):
+    """TMA needs Hopper or newer, 16-byte aligned bases and row strides (K % 16 == 0)."""
+    K = q.shape[1]
+    if K % 16 or q.data_ptr() % 16 or w.data_ptr() % 16:
+        return False
+    return (not interpreting() and q.is_cuda and
+            torch.cuda.get_device_capability(q.device)[0] >= 9)
+
+
+def _launch_tma(q, row_scale, w, w_scale, bias, y, act):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    M, K = q.shape
+    N = w.shape[0]
+    # Block shapes are placeholders: the autotune pre-hook sets them from the chosen tile.
+    a_desc = TensorDescriptor.from_tensor(q, [16, 32])
+    w_desc = TensorDescriptor.from_tensor(w, [16, 32])
+    _int8_linear_tma_kernel[_grid(M, N)](
+        a_desc, w_desc, row_scale, w_scale, w_scale if bias is None else bias, y, M, N, K,
+        y.stride(0), m_bucket(M), HAS_BIAS=bias is not None, ACT=act, GROUP_M=_GROUP_M,
+        **_launch_opts())
+
+
+def _launch(x2, w, w_scale, bias, y, act, raw_int32, fuse_quant, tma=None):
     M, K = x2.shape
     N = w.shape[0]
     fuse = (M <= FUSED_QUANT_MAX_M) if fuse_quant is None else bool(fuse_quant)
@@ -216,6 +281,11 @@ def _launch(x2, w, w_scale, bias, y, act, raw_int32, fuse_quant):
         q, row_scale = x2, w_scale  # unused placeholders (FUSE_QUANT reads x directly)
     else:
         q, row_scale = quantize_per_row(x2.contiguous())
+        use_tma = _tma_usable(q, w) if tma is None else bool(tma)
+        if use_tma and not raw_int32:
+            if K % 16:
+                raise ValueError(f"int8_linear: the TMA path needs K % 16 == 0, got K={K}")
+            return _launch_tma(q, row_scale, w, w_scale, bias, y, act)
     _int8_linear_kernel[_grid(M, N)](
         x2, q, row_scale, w, w_scale, w_scale if bias is None else bias, y,
         M, N, K, x2.stride(0), y.stride(0), m_bucket(M),

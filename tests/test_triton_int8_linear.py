@@ -133,3 +133,25 @@ def test_int8_linear_bad_input():
         tk.int8_linear(x, w_q, w_s, None, 5, "none")
     with pytest.raises(ValueError, match="bias"):
         tk.int8_linear(x, w_q, w_s, torch.randn(3), 4, "none")
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 32), (37, 29, 64), (16, 48, 96)], ids=str)
+def test_int8_linear_tma_path_matches_prepass_bitwise(shape):
+    # The TMA (tensor descriptor) GEMM against the pointer GEMM on the same quantized operands:
+    # same int32 accumulators, same epilogue, so the outputs are identical (edges zero-filled).
+    M, N, K = shape
+    w_q, w_s = make_weight(N, K)
+    for dtype, act, bias in [(torch.float32, "gelu", torch.randn(N)), (DTYPES[-1], "none", None)]:
+        args = ((torch.randn(M, K) * 2).to(dtype).to(DEVICE), w_q.to(DEVICE), w_s.to(DEVICE),
+                None if bias is None else bias.to(DEVICE), N, act)
+        y_tma = tk.int8_linear(*args, fuse_quant=False, tma=True)
+        y_ptr = tk.int8_linear(*args, fuse_quant=False, tma=False)
+        assert torch.equal(y_tma, y_ptr)
+        check_close(y_tma, reference(args[0].cpu(), w_q, w_s, bias, act), dtype)
+
+
+def test_int8_linear_tma_rejects_unaligned_k():
+    w_q, w_s = make_weight(8, 40)
+    with pytest.raises(ValueError, match="K % 16"):
+        tk.int8_linear(torch.randn(3, 40).to(DEVICE), w_q.to(DEVICE), w_s.to(DEVICE), None, 8,
+                       "none", fuse_quant=False, tma=True)
