@@ -667,6 +667,7 @@ def autotune_choices():
     """The tile each autotuned Triton kernel picked per key (for tuning the config lists)."""
     out = {}
     for mod_name, kernel_name in (("int8_linear", "_int8_linear_kernel"),
+                                  ("int8_linear", "_int8_linear_tma_kernel"),
                                   ("bsr_matmul", "_bsr_kernel")):
         mod = sys.modules.get(f"scalenn.kernels.{mod_name}")
         kernel = getattr(mod, kernel_name, None) if mod else None

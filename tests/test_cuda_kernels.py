@@ -182,6 +182,20 @@ def test_cuda_bucket_pack_unpack_equal_cpu_ops_bitwise(flat_dtype):
         assert torch.equal(bits(o), bits(r))
 
 
+def test_cuda_bucket_ops_refuse_graph_capture():
+    # Their piece table comes from host memory on every call: a replay would read a stale
+    # buffer, so capture is refused with a message (the Triton backend can be captured).
+    from scalenn._ops.gpu_backends import gpu_backend
+    if gpu_backend() != "cuda":
+        pytest.skip("SCALENN_GPU_BACKEND=triton: the compiled bucket kernels are not in use")
+    grads, flat = [torch.randn(100, device=DEV)], torch.empty(100, device=DEV)
+    OP.bucket_pack(grads, flat, 1.0)
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            OP.bucket_pack(grads, flat, 1.0)
+
+
 @pytest.mark.parametrize("C", [16, 1024, 1031])
 def test_cuda_bucket_int8_ops_equal_cpu_ops_bitwise(C):
     grads = [torch.randn(s).to(d) * 5 for s, d in

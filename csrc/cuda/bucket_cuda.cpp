@@ -47,7 +47,15 @@ struct PieceTable {
 };
 
 // One table per gradient dtype present (flat offsets count every gradient, in list order).
-std::vector<PieceTable> make_tables(at::TensorList grads, const at::Device& device) {
+// The table is copied from (pinned) host memory on every call, so a CUDA graph replay would
+// read a host buffer that was freed and reused since: refuse capture with a way out (the Triton
+// kernels cache their tables on the device and can be captured).
+std::vector<PieceTable> make_tables(at::TensorList grads, const at::Device& device,
+                                    const char* op) {
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+              op, ": the compiled CUDA bucket kernels cannot be captured in a CUDA graph (their "
+              "piece table is copied from host memory on every call); set "
+              "SCALENN_GPU_BACKEND=triton to capture the Triton ones");
   std::vector<PieceTable> out;
   for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf}) {
     std::vector<int64_t> addr, off, len;
@@ -94,7 +102,7 @@ void bucket_pack_cuda(at::TensorList grads, const at::Tensor& flat, double scale
   const int64_t total = check_grads(grads, flat, "bucket_pack");
   check_flat(flat, total, "bucket_pack");
   c10::cuda::CUDAGuard guard(flat.device());
-  for (const PieceTable& t : make_tables(grads, flat.device())) {
+  for (const PieceTable& t : make_tables(grads, flat.device(), "bucket_pack")) {
     C10_CUDA_CHECK(launch_bucket_pack(t.kind, float_kind_of(flat.scalar_type()), t.addr(),
                                       t.off(), t.len(), t.n, flat.data_ptr(),
                                       static_cast<float>(scale), current_stream()));
@@ -105,7 +113,7 @@ void bucket_unpack_cuda(const at::Tensor& flat, at::TensorList grads, double sca
   const int64_t total = check_grads(grads, flat, "bucket_unpack");
   check_flat(flat, total, "bucket_unpack");
   c10::cuda::CUDAGuard guard(flat.device());
-  for (const PieceTable& t : make_tables(grads, flat.device())) {
+  for (const PieceTable& t : make_tables(grads, flat.device(), "bucket_unpack")) {
     C10_CUDA_CHECK(launch_bucket_unpack(float_kind_of(flat.scalar_type()), t.kind, t.addr(),
                                         t.off(), t.len(), t.n, flat.data_ptr(),
                                         static_cast<float>(scale), current_stream()));
@@ -147,7 +155,7 @@ void bucket_quantize_int8_cuda(at::TensorList grads, const at::Tensor& residual,
                     N, " chunks of ", C);
   c10::cuda::CUDAGuard guard(records.device());
   // v = grads * scale + residual, built in place in residual; then quantized per chunk.
-  for (const PieceTable& t : make_tables(grads, records.device())) {
+  for (const PieceTable& t : make_tables(grads, records.device(), op)) {
     C10_CUDA_CHECK(launch_bucket_accumulate(t.kind, t.addr(), t.off(), t.len(), t.n,
                                             residual.data_ptr<float>(),
                                             static_cast<float>(scale), current_stream()));
