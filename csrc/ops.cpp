@@ -89,9 +89,10 @@ TORCH_LIBRARY(scalenn, m) {
   // As int8_linear with one calibrated activation scale: q = clamp(round(x / act_scale), +-127).
   m.def("int8_linear_static(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "SymInt out_features, float act_scale, str activation) -> Tensor");
-  // int8 convolution (Int8Conv2d): x [N, C, H, W] float; each output pixel's patch (F.unfold
-  // order, zeros outside the image) quantized per row as int8_linear does, times w_int8
-  // [out_channels, C * kh * kw] -> rows [N * Ho * Wo, out_channels] (NHWC order), x.dtype.
+  // int8 convolution (Int8Conv2d): x [N, C, H, W] float (any memory format); each output
+  // pixel's patch in (i, j, c) order (channels innermost, zeros outside the image) quantized per
+  // row as int8_linear does, times w_int8 packed in the same order ([out_channels, kh, kw, C]
+  // flattened) -> rows [N * Ho * Wo, out_channels] (NHWC order), x.dtype.
   m.def("int8_conv2d_rows(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "SymInt out_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int[2] dilation) -> Tensor");

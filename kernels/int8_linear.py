@@ -51,6 +51,20 @@ def _epilogue(acc, row_scale, w_scale_ptr, bias_ptr, offs_n, N, HAS_BIAS: tl.con
 
 
 @triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program in grouped order: GROUP_M row-tiles share each weight
+    column-tile while it sits in L2."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
 def _row_quant_params(x_ptr, offs_m, M, K, stride_xm, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr):
     """Per-row (scale, 1/scale-multiplier, finite) for BLOCK_M rows: the quantize contract."""
@@ -78,15 +92,7 @@ def _int8_linear_kernel(x_ptr, q_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_pt
                         FUSE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
                         RAW_INT32: tl.constexpr, GROUP_M: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it sits in L2.
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -140,14 +146,7 @@ def _int8_linear_tma_kernel(a_desc, w_desc, row_scale_ptr, w_scale_ptr, bias_ptr
     """The pre-pass GEMM with both int8 operands brought in by the tensor-memory accelerator
     (Hopper): host-built descriptors, tiles zero-filled past the edges, no address arithmetic
     or masks in the K loop."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)

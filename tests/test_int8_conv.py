@@ -17,6 +17,7 @@ GEOMETRIES = [
          dilation=(2, 1)),
     dict(in_channels=3, out_channels=4, kernel_size=1, bias=False),
     dict(in_channels=2, out_channels=3, kernel_size=5, stride=3),
+    dict(in_channels=3, out_channels=5, kernel_size=3, padding=2, dilation=(1, 2)),  # dw > 1
 ]
 
 

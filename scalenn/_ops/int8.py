@@ -161,7 +161,10 @@ def conv_output_size(h, w, kernel_size, stride, padding, dilation):
 
 
 def im2col_rows_reference(x, kernel_size, stride, padding, dilation):
-    """The patches int8_conv2d_rows quantizes: F.unfold rows, [N * Ho * Wo, C * kh * kw]."""
+    """The patches int8_conv2d_rows quantizes, as F.unfold rows [N * Ho * Wo, C * kh * kw] in
+    (c, i, j) order. The op itself gathers them in (i, j, c) order against a weight packed in
+    the same order; per-row quantization and the int32 dot products do not depend on the order,
+    so the results are identical."""
     cols = torch.nn.functional.unfold(x, kernel_size, dilation, padding, stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -190,8 +193,11 @@ def _conv_backward(ctx, grad):
     g = grad.float()
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
-        k = c * kernel_size[0] * kernel_size[1]
+        kh, kw = kernel_size
+        k = c * kh * kw
         wq = torch.ops.scalenn.int8_unpack_weight(w_packed, ctx.out_channels, k)
+        # packed in (o, i, j, c) order (see int8_conv2d_rows); F.fold wants (c, i, j)
+        wq = wq.view(ctx.out_channels, kh, kw, c).permute(0, 3, 1, 2).reshape(ctx.out_channels, k)
         cols = (g @ (wq.float() * w_scale[:, None])).reshape(n, -1, k).transpose(1, 2)
         grad_x = torch.nn.functional.fold(cols, (h, w), kernel_size, dilation, padding,
                                           stride).to(ctx.x_dtype)

@@ -1,8 +1,8 @@
 """Int8Conv2d: a drop-in nn.Conv2d (groups=1, zero padding) running scalenn's int8 GEMM on
 im2col patches (scalenn::int8_conv2d_rows gathers each output pixel's patch and quantizes it per
 row, like Int8Linear's tokens, without building the float patch matrix); weights int8 per output
-channel. The output is NCHW with channels-last strides (the GEMM writes [N*H*W, C]), which the
-following ReLU / pooling / conv layers accept as they are.
+channel. The input is read channels-last and the output is NCHW with channels-last strides (the
+GEMM writes [N*H*W, C]), which the following ReLU / pooling / conv layers accept as they are.
 
 It is an Int8Linear over patches (in_features = C_in * kh * kw), so packing, dtype/device moves
 and save/load are shared; the geometry and the conv op call are added here.
@@ -63,6 +63,16 @@ class Int8Conv2d(Int8Linear):
         q = Int8Linear.from_dense(flat, name=f"{name}.weight")
         m.load_state_dict(q.state_dict())
         return m
+
+    def _weight_to_pack(self) -> torch.Tensor:
+        # int8_conv2d_rows gathers patches in (i, j, c) order (channels innermost, contiguous in
+        # a channels-last input); weight_int8 keeps nn.Conv2d's (c, i, j) order for state_dict.
+        w = self.weight_int8
+        if not hasattr(self, "kernel_size"):  # Int8Linear.__init__ packs before we set geometry
+            return w
+        kh, kw = self.kernel_size
+        return (w.view(self.out_channels, self.in_channels, kh, kw).permute(0, 2, 3, 1)
+                .reshape(self.out_channels, -1).contiguous())
 
     def to_dense(self) -> nn.Conv2d:
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,

@@ -98,11 +98,16 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     # ---------------------------------------------------------------- packing
+    def _weight_to_pack(self) -> torch.Tensor:
+        """The [out, in] int8 matrix the kernels stream (Int8Conv2d reorders its columns)."""
+        return self.weight_int8
+
     def _repack(self) -> None:
         w = self.weight_int8
         if self.scheme == "int8_weight_only" or w.device.type == "meta":
             self._packed = w.new_empty(0)
             return
+        w = self._weight_to_pack()
         if w.device.type == "cpu":
             self._packed = pack_weight(w)  # bad weights (e.g. -128 from a foreign file) raise
             return
