@@ -28,9 +28,6 @@ from ._config import gemm_configs, m_bucket, prune_by_m, with_pre_hook
 from .quantize import _FLT_MAX, _ROUND_MAGIC, quantize_per_row
 
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}
-# Up to this M the activations are quantized inside the GEMM by default (see module docstring:
-# on an H200 the pre-pass wins at every M, so never).
-FUSED_QUANT_MAX_M = 0
 _GROUP_M = 8
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 
@@ -209,14 +206,14 @@ def _check_linear_args(x, w_packed, w_scale, bias, out_features, activation):
 
 
 def int8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
-                bias, out_features: int, activation: str, *, fuse_quant=None,
+                bias, out_features: int, activation: str, *, fuse_quant=False,
                 tma=None) -> torch.Tensor:
     """scalenn::int8_linear on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
-    fuse_quant: None picks by M (see module docstring); True/False forces a path (tests).
-    tma: the pre-pass GEMM through TMA descriptors; None = from M >= TMA_MIN_M where the GPU
-    has TMA (Hopper+) and the rows are 16-byte aligned, True forces it (tests, also under the interpreter), False
-    never (benchmarks compare both)."""
+    fuse_quant: quantize the activations inside the GEMM instead of in a pre-pass (see the
+    module docstring). tma: the pre-pass GEMM through TMA descriptors; None = from
+    M >= TMA_MIN_M where the GPU has TMA (Hopper+) and the rows are 16-byte aligned, True
+    forces it (tests, also under the interpreter), False never (benchmarks compare both)."""
     _check_linear_args(x, w_packed, w_scale, bias, out_features, activation)
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
@@ -281,8 +278,7 @@ def _launch_tma(q, row_scale, w, w_scale, bias, y, act):
 def _launch(x2, w, w_scale, bias, y, act, raw_int32, fuse_quant, tma=None):
     M, K = x2.shape
     N = w.shape[0]
-    fuse = (M <= FUSED_QUANT_MAX_M) if fuse_quant is None else bool(fuse_quant)
-    if fuse:
+    if fuse_quant:
         q, row_scale = x2, w_scale  # unused placeholders (FUSE_QUANT reads x directly)
     else:
         q, row_scale = quantize_per_row(x2.contiguous())
@@ -294,5 +290,5 @@ def _launch(x2, w, w_scale, bias, y, act, raw_int32, fuse_quant, tma=None):
     _int8_linear_kernel[_grid(M, N)](
         x2, q, row_scale, w, w_scale, w_scale if bias is None else bias, y,
         M, N, K, x2.stride(0), y.stride(0), m_bucket(M),
-        FUSE_QUANT=fuse, HAS_BIAS=bias is not None, ACT=act, RAW_INT32=raw_int32,
+        FUSE_QUANT=bool(fuse_quant), HAS_BIAS=bias is not None, ACT=act, RAW_INT32=raw_int32,
         GROUP_M=_GROUP_M, **_launch_opts())

@@ -1,8 +1,9 @@
 // Gradient-bucket kernels of scalenn.distributed (contracts: bucket_kernels.h). Pack/unpack: a
 // piece is split over kSplit blocks; each thread handles kUnroll elements per iteration spaced a
 // block apart, so every load instruction of a warp is coalesced and eight are in flight per
-// thread: a streaming copy limited by DRAM bandwidth. int8: one block per chunk of C values. Explicit _rn intrinsics
-// keep nvcc from contracting a*b+c into an FMA (the contract is bit-exact to the CPU).
+// thread: a streaming copy limited by DRAM bandwidth. int8: one block per chunk of C values.
+// Explicit _rn intrinsics keep nvcc from contracting a*b+c into an FMA (the contract is
+// bit-exact to the CPU).
 #include <cfloat>
 
 #include "bucket_kernels.h"

@@ -135,8 +135,7 @@ def _register_triton() -> None:
     backend = gpu_backend()
     if backend == "none":
         return
-    ops = registrable_triton_ops()
-    for op, (module_name, fn_name) in ops.items():
+    for op, (module_name, fn_name) in registrable_triton_ops().items():
         if backend == "cuda" and _has_compiled_cuda_kernel(op):
             continue
         if backend == "cuda" and op == "scalenn::int8_linear" and _schema_args(MMA_OP):
