@@ -36,6 +36,9 @@ def collect() -> dict:
         "cuda archs": cuda_archs or "-",
         "cuda device available": torch.cuda.is_available(),
         "gpu backend for CUDA tensors": gpu_backend(),
+        "SCALENN_INT8_GPU_KERNEL": os.environ.get("SCALENN_INT8_GPU_KERNEL", "auto") + (
+            " (int8_linear on CUDA: Triton in CUDA-graph capture and above 2^36 MACs on Hopper, "
+            "else the compiled mma kernel)" if build["cuda"] else ""),
         "triton": triton_version or "not installed",
         "triton interpreter (TRITON_INTERPRET)": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
     }
