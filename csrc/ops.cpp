@@ -86,6 +86,10 @@ TORCH_LIBRARY(scalenn, m) {
   // act(row_scale[m] * w_scale[n] * acc + bias[n]) in x.dtype; activation: none|relu|gelu.
   m.def("int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "SymInt out_features, str activation) -> Tensor");
+  // int8_weight_only: act(x @ (w_int8 * w_scale[:, None])^T + bias) with x kept in floating
+  // point (float32 accumulation); w_int8 [out_features, K] plain row-major int8.
+  m.def("int8_weight_only_linear(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, "
+        "str activation) -> Tensor");
   // As int8_linear with one calibrated activation scale: q = clamp(round(x / act_scale), +-127).
   m.def("int8_linear_static(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "SymInt out_features, float act_scale, str activation) -> Tensor");

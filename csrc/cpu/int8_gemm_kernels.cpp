@@ -486,6 +486,11 @@ void tile_scalar(const GemmProblem& g, int64_t m0, int64_t mr, int64_t p, int64_
 
 }  // namespace
 
+void activate_inplace(Activation act, float* y, int64_t n) {
+  if (act == Activation::none) return;
+  for (int64_t i = 0; i < n; ++i) y[i] = activate_scalar(act, y[i]);
+}
+
 float gelu_scalar(float x) { return gelu_impl_scalar(x); }
 
 void pack_weight(const int8_t* w, int64_t N, int64_t K, int8_t* packed, int64_t n_begin,

@@ -62,6 +62,9 @@ inline bool activations_unsigned(CpuIsa isa) { return isa == CpuIsa::avx512; }
 // NaN and q = 0 in both modes (its output row becomes NaN).
 void quantize_activations(CpuIsa isa, FloatKind kind, const void* x, int64_t K, float static_scale,
                           uint8_t* a, float* row_scale, int64_t row_begin, int64_t row_end);
+// y[i] = act(y[i]) for i in [0, n), the activations of the int8 GEMM epilogue (relu keeps NaN,
+// gelu is the erf form to ~1e-7); scalar, for epilogues outside the GEMM.
+void activate_inplace(Activation act, float* y, int64_t n);
 // Copy already-quantized int8 rows into the activation buffer (the exact int32 test op).
 void copy_int8_activations(CpuIsa isa, const int8_t* q, int64_t K, uint8_t* a, int64_t row_begin,
                            int64_t row_end);

@@ -98,6 +98,12 @@ def _linear_fake(x, w_packed, w_scale, bias, out_features, activation):
     return x.new_empty((x.shape[0], out_features))
 
 
+@torch.library.register_fake("scalenn::int8_weight_only_linear")
+def _weight_only_fake(x, w_int8, w_scale, bias, activation):
+    torch._check(x.dim() == 2, lambda: "int8_weight_only_linear: x must be 2-D")
+    return x.new_empty((x.shape[0], w_int8.shape[0]))
+
+
 @torch.library.register_fake("scalenn::int8_linear_static")
 def _linear_static_fake(x, w_packed, w_scale, bias, out_features, act_scale, activation):
     torch._check(x.dim() == 2, lambda: "int8_linear_static: x must be 2-D")
@@ -151,6 +157,33 @@ def _backward(ctx, grad):
 torch.library.register_autograd("scalenn::int8_linear", _backward, setup_context=_setup_context)
 torch.library.register_autograd("scalenn::int8_linear_static", _backward,
                                 setup_context=_setup_context)
+
+
+def _weight_only_setup_context(ctx, inputs, output):
+    x, w_int8, w_scale, bias, activation = inputs
+    ctx.activation, ctx.has_bias, ctx.x_dtype = activation, bias is not None, x.dtype
+    ctx.save_for_backward(w_int8, w_scale, bias, x if activation == "gelu" else None,
+                          output if activation == "relu" else None)
+
+
+def _weight_only_backward(ctx, grad):
+    w_int8, w_scale, bias, x, out = ctx.saved_tensors
+    g = grad.float()
+    if ctx.activation == "relu":
+        g = g * (out > 0)
+    elif ctx.activation == "gelu":
+        pre = torch.ops.scalenn.int8_weight_only_linear(x, w_int8, w_scale, bias, "none")
+        g = g * _gelu_grad(pre.float())
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (g @ (w_int8.float() * w_scale[:, None])).to(ctx.x_dtype)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = g.sum(0)
+    return grad_x, None, None, grad_bias, None
+
+
+torch.library.register_autograd("scalenn::int8_weight_only_linear", _weight_only_backward,
+                                setup_context=_weight_only_setup_context)
 
 
 # ------------------------------------------------------------------ int8 convolution rows

@@ -27,6 +27,7 @@ LAYER_SHAPES = [(4096, 4096), (4096, 11008)]
 ROWS = [1, 16, 128, 1024]
 MLP_BATCHES = [64, 256]
 PEERS_INT8 = ("ao-x86", "ao-onednn", "torch-int-mm")
+MEM_READ = "mem-read"  # not a layer: the M=1 floor, see _layer_variants
 
 
 def _ao_dynamic(module: nn.Module, engine: str) -> nn.Module:
@@ -124,6 +125,18 @@ def _layer_variants(K: int, N: int, M: int, have_int_mm: bool):
         variants["torch-int-mm"] = lambda: rot.next()(x)
     sc = rotated(lambda: Int8Linear.from_dense(fresh_linear()), K * N)
     variants["scalenn"] = lambda: sc.next()(x)
+    # int8_weight_only: float activations against the int8 weight (the scheme for layers whose
+    # activations quantize badly); not an int8 GEMM, so it is compared with fp32 only.
+    wo = rotated(lambda: Int8Linear.from_dense(fresh_linear(), scheme="int8_weight_only"), K * N)
+    variants["scalenn-wo"] = lambda: wo.next()(x)
+    if M == 1:
+        # The floor at M=1, in the same rounds: a streaming read of as many bytes as the int8
+        # weight (rotated the same way). The machine's bandwidth moves with its neighbours'
+        # load (44-77 GB/s on 2 threads across runs here), so a separate measurement made the
+        # x_mem_time ratio drift by that much.
+        reads = harness.Rotator([torch.ones(K * N // 4) for _ in
+                                 range(harness.copies_for(K * N))])
+        variants[MEM_READ] = lambda: reads.next().sum()
     del base
     return variants
 
@@ -211,7 +224,9 @@ def run(args) -> harness.Report:
         "vs_best_int8_peer = median time of the fastest of ao-x86 / ao-onednn / torch-int-mm "
         "divided by the variant's median time (>1: faster than every stock int8 path)",
         "vs_fp32 = fp32 nn.Linear median / variant median; pct_vnni_peak = TOP/s / the measured "
-        "peak; x_mem_time = median / (int8 weight bytes / measured read bandwidth)",
+        "peak; x_mem_time = median / the time to read the int8 weight's bytes: at M=1 the "
+        "mem-read row (a float32 sum over that many bytes, rotated like the weights, in the "
+        "same interleaved rounds), elsewhere int8 weight bytes / the read bandwidth above",
         "medians of interleaved rounds; weights rotated through copies that exceed the L3",
         f"scalenn kernels: cpu isa {_C.current_isa()}",
         f"machine load average (1 min) at start / end: {load_before[0]:.1f} / "
@@ -226,18 +241,22 @@ def _add_rows(report, threads, case, times, ops, weight_bytes, peak, bw, M):
     med = {name: harness.median(ts) for name, ts in times.items()}
     peers = [med[p] for p in PEERS_INT8 if p in med]
     best_peer = min(peers) if peers else float("nan")
+    floor = med.get(MEM_READ, weight_bytes / bw)
     for name, t in med.items():
+        if name == MEM_READ:
+            report.add(threads=threads, case=case, variant=name, median_ms=t * 1e3,
+                       **{"weight_GB/s": weight_bytes / t / 1e9}, x_mem_time=1.0)
+            continue
         report.add(threads=threads, case=case, variant=name, median_ms=t * 1e3,
                    **{"TOP/s": ops / t / 1e12, "weight_GB/s": weight_bytes / t / 1e9},
                    vs_best_int8_peer=best_peer / t, vs_fp32=med["fp32"] / t,
-                   pct_vnni_peak=100 * ops / t / peak,
-                   x_mem_time=t / (weight_bytes / bw))
+                   pct_vnni_peak=100 * ops / t / peak, x_mem_time=t / floor)
 
 
 def _plot(report, fig):
     ax = fig.add_subplot(1, 1, 1)
     cases = list(dict.fromkeys(f"{r['case']} t{r['threads']}" for r in report.rows))
-    variants = list(dict.fromkeys(r["variant"] for r in report.rows))
+    variants = list(dict.fromkeys(r["variant"] for r in report.rows if r["variant"] != MEM_READ))
     width = 0.8 / len(variants)
     for vi, v in enumerate(variants):
         xs, ys = [], []

@@ -7,7 +7,7 @@ SparseInt8Linear, a dense Int8Linear or stay as they are, whichever is measured 
 (`_quantize_pruned`). Every other module type is left alone.
 """
 from dataclasses import dataclass, field
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -50,7 +50,8 @@ class QuantizeReport:
 
 def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter = None,
              skip: Iterable[str] = (), force: bool = False, batch_rows: int = 64,
-             activation_dtype: torch.dtype = torch.float32, convs: bool = False):
+             activation_dtype: torch.dtype = torch.float32, convs: bool = False,
+             activation_check: Optional[Iterable] = None, max_activation_error: float = 0.01):
     """Replace the model's nn.Linear (and QATLinear) layers by Int8Linear, in place.
 
     filter: None, fn(module, fully_qualified_name) -> bool, or a list of name regexes (search).
@@ -61,12 +62,22 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
     convs: also swap plain nn.Conv2d layers (groups=1, zero padding) for Int8Conv2d (int8 GEMM
         on im2col patches; scheme int8_dynamic). Opt-in: there is no cost model for
         convolutions (their cost depends on the input size, unknown here).
+    activation_check: example inputs (an iterable of batches, each run as model(batch)). With
+        scheme "int8_dynamic", the per-token int8 error of every Linear's inputs is measured on
+        them, and a layer whose error exceeds max_activation_error (relative, ||x - x_q|| /
+        ||x||) gets int8_weight_only instead: its activations stay float (heavy-tailed or
+        outlier-ridden inputs), only its weight is int8.
     Returns (model, QuantizeReport).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize: expected an nn.Module, got {type(model).__name__}")
     if scheme not in SCHEMES:
         raise ValueError(f"quantize: scheme must be one of {SCHEMES}, got {scheme!r}")
+    if not (isinstance(max_activation_error, (int, float)) and max_activation_error > 0):
+        raise ValueError(f"quantize: max_activation_error must be a positive number, got "
+                         f"{max_activation_error!r}")
+    act_errors = (activation_errors(model, activation_check)
+                  if activation_check is not None and scheme == "int8_dynamic" else {})
     report = QuantizeReport(scheme)
     keep = make_filter(filter)
     skip = list(skip)
@@ -106,21 +117,57 @@ def quantize(model: nn.Module, scheme: str = "int8_dynamic", filter: LayerFilter
                                    "reason": f"subclass {type(module).__name__} of nn.Linear "
                                              "(may override forward); not converted"})
             continue
+        layer_scheme, why = scheme, ""
+        if act_errors.get(name, 0.0) > max_activation_error:
+            layer_scheme = "int8_weight_only"
+            why = (f"int8_weight_only: per-token int8 activation error "
+                   f"{100 * act_errors[name]:.2f}% > {100 * max_activation_error:.2f}%; ")
         # The cost model is measured on the CPU; on other devices the layer is converted.
         if force or module.weight.device.type != "cpu":
-            reason = "forced" if force else f"device {module.weight.device.type}"
+            reason = why + ("forced" if force else f"device {module.weight.device.type}")
         else:
             choice = int8_cost.choose(module.in_features, module.out_features, batch_rows,
-                                      scheme, activation_dtype)
-            reason = choice.reason
+                                      layer_scheme, activation_dtype)
+            reason = why + choice.reason
             if not choice.use_int8:
                 report.entries.append({**entry, "action": "kept", "reason": reason})
                 continue
-        new = Int8Linear.from_dense(module, scheme=scheme, name=name)
+        new = Int8Linear.from_dense(module, scheme=layer_scheme, name=name)
         new.train(module.training)
         replace_module(model, name, new)
         report.entries.append({**entry, "action": "int8", "reason": reason})
     return model, report
+
+
+def activation_errors(model: nn.Module, batches: Iterable) -> Dict[str, float]:
+    """name -> relative error ||x - x_q|| / ||x|| of per-token symmetric int8 quantization of
+    the inputs every nn.Linear (or QATLinear) of `model` sees on `batches` (run as
+    model(batch), in eval mode, without gradients)."""
+    sums: Dict[str, List[float]] = {}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            scale = x.abs().amax(dim=1, keepdim=True) / 127.0
+            xq = torch.round(x / scale.clamp_min(torch.finfo(torch.float32).tiny)) * scale
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float((x - xq).pow(2).sum())
+            acc[1] += float(x.pow(2).sum())
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+               if type(m) in (nn.Linear, QATLinear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {n: (err / total) ** 0.5 if total > 0 else 0.0 for n, (err, total) in sums.items()}
 
 
 def _quantize_conv(model: nn.Module, name: str, conv: nn.Conv2d, scheme: str) -> dict:

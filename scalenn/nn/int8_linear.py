@@ -23,6 +23,7 @@ from .registry import register_compressed_module
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
 _FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
 _INT8_LINEAR = torch.ops.scalenn.int8_linear.default
+_INT8_WEIGHT_ONLY = torch.ops.scalenn.int8_weight_only_linear.default
 
 
 @register_compressed_module
@@ -32,8 +33,9 @@ class Int8Linear(nn.Module):
     scheme:
       int8_dynamic      activations quantized per token (row) on the fly; int32 accumulation; one
                         fused epilogue (row scale x channel scale, bias, activation).
-      int8_weight_only  activations stay float; the int8 weight is dequantized for the matmul
-                        (for layers whose activations quantize badly; saves memory, not time).
+      int8_weight_only  activations stay float (float32 math); the int8 weight is streamed by
+                        scalenn::int8_weight_only_linear without a float copy (for layers
+                        whose activations quantize badly: heavy tails, outliers).
       int8_static       one per-tensor activation scale from scalenn.calibrate().
     activation: "none" (nn.Linear), or a fused "relu"/"gelu" applied in the epilogue.
     """
@@ -166,6 +168,12 @@ class Int8Linear(nn.Module):
                                  f"{self.in_features}, got "
                                  f"{getattr(x, 'dtype', type(x).__name__)} "
                                  f"{tuple(getattr(x, 'shape', ()))}")
+            if x.device.type == "cpu" and x.dtype in _FLOAT_DTYPES:
+                # the int8 weight streamed by the kernel, never dequantized as a whole
+                x2 = x.reshape(-1, self.in_features)
+                y = call_op(_INT8_WEIGHT_ONLY, (x2, self.weight_int8, self.weight_scale,
+                                                self.bias, self.activation), x, self.bias)
+                return y.reshape(*x.shape[:-1], self.out_features)
             w = self.weight_int8.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None]
             b = self.bias.to(x.dtype) if self.bias is not None else None
             return apply_activation(F.linear(x, w, b), self.activation)
@@ -201,7 +209,7 @@ class Int8Linear(nn.Module):
             s += f", activation={self.activation}"
         if self.scheme == "int8_static":
             s += f", act_scale={self._act_scale:.4g}"
-        return s + f", kernel={kernel if self.scheme != 'int8_weight_only' else 'dense-dequant'}"
+        return s + f", kernel={kernel}"
 
 
 def fake_quantize_rows(x: torch.Tensor) -> torch.Tensor:
