@@ -131,18 +131,27 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(w_packed, w_scale, bias, saved_x, saved_out)
 
 
+def _through_activation(activation: str, grad, out, pre_activation):
+    """grad (float32) times the activation's derivative; relu reads the saved output, gelu
+    recomputes its input with `pre_activation()` (the op again with activation "none")."""
+    g = grad.float()
+    if activation == "relu":
+        return g * (out > 0)
+    if activation == "gelu":
+        return g * _gelu_grad(pre_activation().float())
+    return g
+
+
 def _backward(ctx, grad):
     w_packed, w_scale, bias, x, out = ctx.saved_tensors
-    g = grad.float()
-    if ctx.activation == "relu":
-        g = g * (out > 0)
-    elif ctx.activation == "gelu":
+
+    def pre():
         if ctx.act_scale is None:
-            pre = torch.ops.scalenn.int8_linear(x, w_packed, w_scale, bias, ctx.out_features, "none")
-        else:
-            pre = torch.ops.scalenn.int8_linear_static(x, w_packed, w_scale, bias, ctx.out_features,
-                                                       ctx.act_scale, "none")
-        g = g * _gelu_grad(pre.float())
+            return torch.ops.scalenn.int8_linear(x, w_packed, w_scale, bias, ctx.out_features,
+                                                 "none")
+        return torch.ops.scalenn.int8_linear_static(x, w_packed, w_scale, bias, ctx.out_features,
+                                                    ctx.act_scale, "none")
+    g = _through_activation(ctx.activation, grad, out, pre)
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
         w = torch.ops.scalenn.int8_unpack_weight(w_packed, ctx.out_features, ctx.in_features)
@@ -168,12 +177,8 @@ def _weight_only_setup_context(ctx, inputs, output):
 
 def _weight_only_backward(ctx, grad):
     w_int8, w_scale, bias, x, out = ctx.saved_tensors
-    g = grad.float()
-    if ctx.activation == "relu":
-        g = g * (out > 0)
-    elif ctx.activation == "gelu":
-        pre = torch.ops.scalenn.int8_weight_only_linear(x, w_int8, w_scale, bias, "none")
-        g = g * _gelu_grad(pre.float())
+    g = _through_activation(ctx.activation, grad, out, lambda: torch.ops.scalenn
+                            .int8_weight_only_linear(x, w_int8, w_scale, bias, "none"))
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_x = (g @ (w_int8.float() * w_scale[:, None])).to(ctx.x_dtype)
