@@ -26,6 +26,7 @@ namespace sparse_impl {
 // W[n, col(n, j)] and lives at values[vidx(n, j)]. Plain code, inlined into every level.
 template <class Idx>
 struct CsrDecoder {
+  static constexpr bool kChunkable = false;  // a row's elements per k-range need a search
   const float* v;
   const Idx* c;
   const int32_t* off;
@@ -41,6 +42,7 @@ struct CsrDecoder {
 // NK: kept values per group known at compile time (2), or 0 for a runtime count.
 template <int NK>
 struct NmDecoder {
+  static constexpr bool kChunkable = true;  // begin_at(): a k-range's elements by arithmetic
   const float* v;
   const uint8_t* pos;
   int64_t L, nkeep, m;
@@ -55,10 +57,20 @@ struct NmDecoder {
     const int64_t rel = j - n * L;
     return (NK ? rel / NK : rel / nkeep) * m + pos[j];
   }
+  // First element of row n at or after column k (k a multiple of m).
+  int64_t begin_at(int64_t n, int64_t k) const { return n * L + k / m * nkeep; }
+  // Requests the values and positions of row n's columns [k0, k1): the chunked panel kernel
+  // visits rows L elements apart, a jump the hardware prefetcher does not follow.
+  void prefetch_range(int64_t n, int64_t k0, int64_t k1) const {
+    const int64_t j0 = begin_at(n, k0), j1 = begin_at(n, k1);
+    for (int64_t j = j0; j < j1; j += 16) _mm_prefetch(reinterpret_cast<const char*>(v + j), _MM_HINT_T0);
+    for (int64_t j = j0; j < j1; j += 64) _mm_prefetch(reinterpret_cast<const char*>(pos + j), _MM_HINT_T0);
+  }
 };
 
 // Row n = g * R + r of block row g; j counts (block, column-in-block) pairs of the block row.
 struct BsrDecoder {
+  static constexpr bool kChunkable = false;
   const float* v;
   const int32_t* bcol;
   const int32_t* off;

@@ -87,6 +87,29 @@ SN_TARGET static inline void write_panel_out(const float* out, int64_t P, int64_
   }
 }
 
+// a[chain] += value * panel[col] over row n's elements [jb, je), dealt round-robin to the chains
+// (leftovers, fewer than kChains, on chain 0).
+template <int NV, class D>
+SN_TARGET static inline void accumulate_row(const D& d, const float* panel, int64_t P, int64_t n,
+                                            int64_t jb, int64_t je, vf (&a)[kChains][NV]) {
+  int64_t j = jb;
+  for (; j + kChains <= je; j += kChains) {
+#pragma GCC unroll 4
+    for (int c = 0; c < kChains; ++c) {
+      const vf w = vset1(d.value(n, j + c));
+      const float* xr = panel + d.col(n, j + c) * P;
+#pragma GCC unroll 4
+      for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
+    }
+  }
+  for (; j < je; ++j) {
+    const vf w = vset1(d.value(n, j));
+    const float* xr = panel + d.col(n, j) * P;
+#pragma GCC unroll 4
+    for (int i = 0; i < NV; ++i) a[0][i] = vfma(w, vload(xr + i * VW), a[0][i]);
+  }
+}
+
 // The chains are indexed only by compile-time constants (unrolled loops), so they stay in
 // registers: one runtime index (a leftover element's chain) put the whole array on the stack.
 template <int NV, class D>
@@ -100,24 +123,57 @@ SN_TARGET static void fwd_panel_rows(const D& d, const float* panel, int64_t P, 
     for (int c = 0; c < kChains; ++c)
 #pragma GCC unroll 4
       for (int i = 0; i < NV; ++i) a[c][i] = vzero();
-    const int64_t jb = d.begin(n), je = d.end(n);
-    int64_t j = jb;
-    for (; j + kChains <= je; j += kChains) {
+    accumulate_row<NV>(d, panel, P, n, d.begin(n), d.end(n), a);
+    store_chains<NV>(a, out + (n - n0) * P);
+  }
+  write_panel_out(out, P, m0, mvalid, bias, y, N, n0, n1);
+}
+
+// N:M panel forward cut into k-chunks of kNmChunkK columns. Unchunked, each output row streams
+// its columns of the whole panel (K x P floats: 1 MiB at K = 4096, P = 64) from L2, one vector
+// load per FMA, and L2 bandwidth bounds the kernel; a chunk of the panel (32 KiB at P = 64)
+// stays in L1 while every row of a block of rows runs over it, and the rows' partial sums (P
+// floats each) park in the output scratch between chunks. An element's column range per chunk is
+// arithmetic for N:M (no search). The chunk is fixed in k, not in bytes, so every ISA sums in
+// the same order: chains restart per chunk and fold into the running sum on chain 0.
+// Rows are taken kNmRowBlock at a time, so their partial sums (64 KiB at P = 64) stay in L2
+// across the chunks: for a whole thread's range (5504 rows of 4096 -> 11008) they spilled to L3
+// and the layer ran slower than dense at M = 1024.
+constexpr int64_t kNmChunkK = 128;
+constexpr int64_t kNmRowBlock = 256;
+// Up to 16 tokens the panel (K x 16 floats) sits in L2 and each element feeds one FMA: the
+// per-chunk partial sums and prefetches cost more than they save (0.84x dense instead of 1.44x
+// at M = 16 on one thread). Chosen by M, not by the ISA's panel width, so that every ISA sums
+// in the same order.
+constexpr int64_t kNmChunkMinM = 17;
+
+template <int NV, class D>
+SN_TARGET static void fwd_panel_nm_chunked(const D& d, const float* panel, int64_t P,
+                                           int64_t m0, int64_t mvalid, const float* bias,
+                                           float* y, int64_t N, int64_t K, int64_t n0,
+                                           int64_t n1) {
+  if (kNmChunkK % d.m != 0) {  // chunks must hold whole groups of m
+    fwd_panel_rows<NV>(d, panel, P, m0, mvalid, bias, y, N, n0, n1);
+    return;
+  }
+  float* out = panel_out_scratch((n1 - n0) * P);
+  for (int64_t nb0 = n0; nb0 < n1; nb0 += kNmRowBlock) {
+    const int64_t nb1 = std::min(n1, nb0 + kNmRowBlock);
+    for (int64_t k0 = 0; k0 < K; k0 += kNmChunkK) {
+      const int64_t k1 = std::min(K, k0 + kNmChunkK);
+      for (int64_t n = nb0; n < nb1; ++n) {
+        float* o = out + (n - n0) * P;
+        if (n + 1 < nb1) d.prefetch_range(n + 1, k0, k1);
+        vf a[kChains][NV];
 #pragma GCC unroll 4
-      for (int c = 0; c < kChains; ++c) {
-        const vf w = vset1(d.value(n, j + c));
-        const float* xr = panel + d.col(n, j + c) * P;
+        for (int c = 0; c < kChains; ++c)
 #pragma GCC unroll 4
-        for (int i = 0; i < NV; ++i) a[c][i] = vfma(w, vload(xr + i * VW), a[c][i]);
+          for (int i = 0; i < NV; ++i)
+            a[c][i] = (c == 0 && k0 > 0) ? vload(o + i * VW) : vzero();
+        accumulate_row<NV>(d, panel, P, n, d.begin_at(n, k0), d.begin_at(n, k1), a);
+        store_chains<NV>(a, o);
       }
     }
-    for (; j < je; ++j) {  // leftovers (fewer than kChains) on chain 0
-      const vf w = vset1(d.value(n, j));
-      const float* xr = panel + d.col(n, j) * P;
-#pragma GCC unroll 4
-      for (int i = 0; i < NV; ++i) a[0][i] = vfma(w, vload(xr + i * VW), a[0][i]);
-    }
-    store_chains<NV>(a, out + (n - n0) * P);
   }
   write_panel_out(out, P, m0, mvalid, bias, y, N, n0, n1);
 }
@@ -164,6 +220,20 @@ SN_TARGET static void fwd_panel_bsr(const SparseWeight& w, const float* panel, i
   write_panel_out(out, P, m0, mvalid, bias, y, N, g0 * R, g1 * R);
 }
 
+// Row-wise panel forward: chunked for N:M from kNmChunkMinM tokens, plain otherwise.
+template <int NV, class D>
+SN_TARGET static void fwd_panel_rows_any(const D& d, const float* panel, int64_t P, int64_t M,
+                                         int64_t m0, int64_t mvalid, const float* bias,
+                                         float* y, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  if constexpr (D::kChunkable) {
+    if (M >= kNmChunkMinM) {
+      fwd_panel_nm_chunked<NV>(d, panel, P, m0, mvalid, bias, y, N, K, n0, n1);
+      return;
+    }
+  }
+  fwd_panel_rows<NV>(d, panel, P, m0, mvalid, bias, y, N, n0, n1);
+}
+
 template <class D>
 SN_TARGET static void fwd_panels_dispatch(const D& d, const SparseWeight& w, const float* panels,
                                           int64_t M, int64_t P, const float* bias, float* y,
@@ -179,7 +249,7 @@ SN_TARGET static void fwd_panels_dispatch(const D& d, const SparseWeight& w, con
     if (w.kind == SparseLayoutKind::bsr)                                                     \
       fwd_panel_bsr<NVC>(w, panel, P, m0, mvalid, bias, y, g0, g1);                          \
     else                                                                                     \
-      fwd_panel_rows<NVC>(d, panel, P, m0, mvalid, bias, y, w.N, g0, g1);                    \
+      fwd_panel_rows_any<NVC>(d, panel, P, M, m0, mvalid, bias, y, w.N, K, g0, g1);          \
     break;
       SN_CASE(1) SN_CASE(2) SN_CASE(3) SN_CASE(4)
 #undef SN_CASE
