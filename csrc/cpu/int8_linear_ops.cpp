@@ -15,16 +15,10 @@
 #include "../checks.h"
 #include "float_kind.h"
 #include "int8_gemm_kernels.h"
+#include "int8_op_args.h"
 
 namespace scalenn::cpu {
 namespace {
-
-Activation parse_activation(const std::string& name, const char* op) {
-  if (name == "none") return Activation::none;
-  if (name == "relu") return Activation::relu;
-  if (name == "gelu") return Activation::gelu;
-  TORCH_CHECK_VALUE(false, op, ": activation must be 'none', 'relu' or 'gelu', got '", name, "'");
-}
 
 void check_packed(const at::Tensor& w_packed, int64_t N, int64_t K, const char* op) {
   TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be torch.int8, got ",
@@ -143,21 +137,8 @@ at::Tensor quantized_gemm(const at::Tensor& x, int64_t M, int64_t K, const at::T
                     ": x, w_packed and w_scale must be on one device, got ", x.device(), ", ",
                     w_packed.device(), " and ", w_scale.device());
   check_packed(w_packed, N, K, op);
-  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be torch.float32, got ",
-                   dtype_name(w_scale.scalar_type()));
-  TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == N, op,
-                    ": w_scale must have shape [out_features] = [", N, "], got ", w_scale.sizes());
-  at::Tensor ws = w_scale.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, op, ": bias must be torch.float32, got ",
-                     dtype_name(bias->scalar_type()));
-    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": x and bias must be on one device, got ",
-                      x.device(), " and ", bias->device());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, op,
-                      ": bias must have shape [out_features] = [", N, "], got ", bias->sizes());
-    b = bias->contiguous();
-  }
+  const at::Tensor b = check_scale_and_bias(x, w_scale, bias, N, op);
+  const at::Tensor ws = w_scale.contiguous();
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const CpuIsa isa = current_isa();

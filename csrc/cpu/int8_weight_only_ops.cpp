@@ -26,6 +26,7 @@
 #include "../checks.h"
 #include "float_kind.h"
 #include "int8_gemm_kernels.h"
+#include "int8_op_args.h"
 
 namespace scalenn::cpu {
 namespace {
@@ -189,29 +190,10 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
                     ": w_int8 must be [out_features, K] with K = x.shape[1] = ", x.size(1),
                     ", got shape ", w_int8.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = w_int8.size(0);
-  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be torch.float32, got ",
-                   dtype_name(w_scale.scalar_type()));
-  TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == N, op,
-                    ": w_scale must have shape [out_features] = [", N, "], got ", w_scale.sizes());
-  at::Tensor b;
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, op, ": bias must be torch.float32, got ",
-                     dtype_name(bias->scalar_type()));
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, op,
-                      ": bias must have shape [out_features] = [", N, "], got ", bias->sizes());
-    b = bias->contiguous();
-  }
-  for (const at::Tensor* t : {&w_int8, &w_scale}) {
-    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": x, w_int8, w_scale and bias must be on "
-                      "one device, got ", x.device(), " and ", t->device());
-  }
-  const std::string act_name(activation);
-  const Activation act = act_name == "none" ? Activation::none
-                         : act_name == "relu" ? Activation::relu
-                         : act_name == "gelu" ? Activation::gelu
-                                              : static_cast<Activation>(-1);
-  TORCH_CHECK_VALUE(static_cast<int>(act) >= 0, op,
-                    ": activation must be 'none', 'relu' or 'gelu', got '", act_name, "'");
+  TORCH_CHECK_VALUE(w_int8.device() == x.device(), op, ": x and w_int8 must be on one device, got ",
+                    x.device(), " and ", w_int8.device());
+  const at::Tensor b = check_scale_and_bias(x, w_scale, bias, N, op);
+  const Activation act = parse_activation(std::string(activation), op);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const at::Tensor x32 = x.to(at::kFloat).contiguous();

@@ -172,10 +172,12 @@ def int8_linear_kernel_choice(x: torch.Tensor, out_features: int) -> str:
     return "triton" if macs >= TRITON_INT8_MIN_MACS else "mma"
 
 
+_triton_int8_linear = _lazy("int8_linear", "int8_linear")
+
+
 def _int8_linear_cuda(x, w_packed, w_scale, bias, out_features, activation):
     if int8_linear_kernel_choice(x, out_features) == "triton":
-        module = importlib.import_module("scalenn.kernels.int8_linear")
-        return module.int8_linear(x, w_packed, w_scale, bias, out_features, activation)
+        return _triton_int8_linear(x, w_packed, w_scale, bias, out_features, activation)
     return torch.ops.scalenn.int8_linear_mma(x, w_packed, w_scale, bias, out_features, activation)
 
 

@@ -12,6 +12,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 
+from .._ops.quantize import quantize_per_row_reference
 from ..nn.int8_conv import Int8Conv2d
 from ..nn.int8_linear import SCHEMES, Int8Linear, QATLinear
 from ..nn.registry import is_compressed
@@ -148,8 +149,8 @@ def activation_errors(model: nn.Module, batches: Iterable) -> Dict[str, float]:
     def hook(name):
         def record(module, args):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            scale = x.abs().amax(dim=1, keepdim=True) / 127.0
-            xq = torch.round(x / scale.clamp_min(torch.finfo(torch.float32).tiny)) * scale
+            q, scale = quantize_per_row_reference(x)  # the kernels' exact contract
+            xq = q.float() * scale[:, None]
             acc = sums.setdefault(name, [0.0, 0.0])
             acc[0] += float((x - xq).pow(2).sum())
             acc[1] += float(x.pow(2).sum())
