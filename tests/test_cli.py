@@ -55,7 +55,7 @@ def test_bench_sparse_int8_writes_json_md_png(tmp_path):
     rows = [r for r in data["rows"] if r["variant"] == "SparseInt8Linear"]
     # One SparseInt8Linear row per (pattern, M) of the quick run, each with its format and
     # stored bytes per kept weight; the dense int8 peers it is compared with ran alongside.
-    assert rows and all(r["format"] in ("elem", "quad") and r["bytes_per_kept"] > 0
+    assert rows and all(r["format"] in ("elem16", "quad") and r["bytes_per_kept"] > 0
                         for r in rows)
     assert {"dense fp32", "Int8Linear", "SparseLinear"} <= {r["variant"] for r in data["rows"]}
     md = (tmp_path / "sparse_int8.md").read_text()

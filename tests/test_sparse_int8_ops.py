@@ -1,6 +1,7 @@
 """Sparse int8 ops on every ISA (and with AVX512_VBMI on and off): the packer round-trips, exact
-int32 accumulators against a float64 matmul for every kernel path (window / gather for 1-4
-tokens, 16/32/64-token panels), odd shapes, zero sizes, the largest K, the fused epilogue,
+int32 accumulators against a float64 matmul for every kernel path (elem16: window passes of
+1-4 tokens, or without VBMI gather / 64-token panels; quad: window / gather for 1-2 tokens,
+16/32/64-token panels), odd shapes, zero sizes, the largest K, the fused epilogue,
 NaN rows, bad input, opcheck."""
 import pytest
 import torch
@@ -10,13 +11,15 @@ from scalenn._ops.sparse_int8 import sparse_int8_linear_reference
 from scalenn.compress import sparse_int8_format as fmt
 
 ops = torch.ops.scalenn
-FORMATS = ["elem", "quad"]
-# (M, N, K, density): M covers the per-token kernels (1-2), the 16/32/64-token panels and their
-# tails; K not a multiple of 4; rows with nothing kept; dense rows (many chunks per row).
+FORMATS = ["elem16", "quad"]
+# (M, N, K, density): M covers the per-token kernels and passes, the 16/32/64-token panels and
+# their tails; N around multiples of 16 (elem16 groups); K not a multiple of 4; rows with
+# nothing kept; dense rows (many chunks per row).
 SHAPES = [(0, 5, 8, 0.5), (1, 1, 1, 1.0), (1, 37, 1000, 0.1), (2, 64, 4099, 0.05),
           (3, 17, 13, 0.5), (4, 9, 300, 1.0), (5, 70, 777, 0.2), (16, 33, 130, 0.3),
           (17, 40, 1030, 0.1), (33, 65, 64, 0.6), (64, 20, 4096, 0.02), (130, 33, 300, 0.01),
-          (7, 8, 0, 0.5), (3, 0, 16, 0.5)]
+          (7, 8, 0, 0.5), (3, 0, 16, 0.5),
+          (13, 10, 520, 0.2), (31, 9, 2100, 0.1), (32, 6, 300, 0.3), (6, 48, 700, 0.15)]
 
 
 def pruned_int8(n, k, density, block=1):
@@ -51,19 +54,37 @@ def test_pack_round_trip(format, shape):
     assert fmt.stored_bytes(packed) >= fmt.estimated_bytes(w, format)
 
 
-def test_chunks_split_at_256_columns():
-    # Entries further than 255 columns (elem) / groups (quad) from the chunk base start a chunk.
+def test_chunks_split_at_their_windows():
+    # elem16: a step's base is the lowest next column of the group rounded down to 64; each row
+    # takes up to 4 of its next entries below base + 128. quad: entries further than 255
+    # groups from the chunk base start a chunk.
     w = torch.zeros(2, 4096, dtype=torch.int8)
     w[0, [0, 255, 256, 1000, 4095]] = 5
     w[1, [0, 4 * 255, 4 * 256]] = -3
-    elem = fmt.pack(w, "elem")
-    # row 0: {0, 255} {256} {1000} {4095}; row 1: {0} {1020, 1024}
-    assert elem.row_offsets.tolist() == [0, 4, 6]
+    elem16 = fmt.pack(w, "elem16")
+    # steps (base column): 0: {0} {0}; 192: {255, 256} {}; 960: {1000} {1020, 1024}; 4032: {4095} {}
+    assert (elem16.base.long() * 4).tolist() == [0, 192, 960, 4032]
+    assert elem16.row_offsets.tolist() == [0, 0, 64]
     quad = fmt.pack(w, "quad")
     # groups. row 0: {0, 63, 64, 250} {1023}; row 1: {0, 255} {256}
     assert quad.row_offsets.tolist() == [0, 2, 4]
-    for p in (elem, quad):
+    for p in (elem16, quad):
         assert torch.equal(fmt.unpack(p, 4096), w)
+
+
+def test_elem16_rows_advance_independently():
+    # Row 0 has 20 entries in the first window, row 5 one at column 299; the other rows none. A
+    # row takes at most 4 entries per step; a group has as many steps as its rows need.
+    w = torch.zeros(6, 300, dtype=torch.int8)
+    w[0, :20] = 1
+    w[5, 299] = -1
+    p = fmt.pack(w, "elem16")
+    assert p.row_offsets.tolist() == [0] * 6 + [6 * 16]
+    assert (p.base.long() * 4).tolist() == [0] * 5 + [256]
+    steps = p.values.view(6, 16, 4)
+    assert steps[:5, 0].eq(1).all() and steps[:5, 1:].eq(0).all()
+    assert steps[5, 5].tolist() == [-1, 0, 0, 0] and steps[5, 0].eq(0).all()
+    assert torch.equal(fmt.unpack(p, 300), w)
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -122,11 +143,11 @@ def test_linear_matches_reference(isa, format, dtype, M):
 
 def test_nan_row_gives_nan_output_row(isa):
     w = pruned_int8(20, 64, 0.3)
-    packed = fmt.pack(w, "elem")
+    packed = fmt.pack(w, "elem16")
     x = torch.randn(20, 64)
     x[3, 5] = float("nan")
     x[7, 0] = float("inf")
-    y = ops.sparse_int8_linear(x, *packed[:4], torch.ones(20), None, "elem")
+    y = ops.sparse_int8_linear(x, *packed[:4], torch.ones(20), None, "elem16")
     assert torch.isnan(y[3]).all() and torch.isnan(y[7]).all()
     others = [i for i in range(20) if i not in (3, 7)]
     assert torch.isfinite(y[others]).all()
@@ -145,11 +166,11 @@ def test_opcheck():
 
 def test_backward_matches_dense_dequantized_weight():
     w = pruned_int8(30, 50, 0.3)
-    packed = fmt.pack(w, "elem")
+    packed = fmt.pack(w, "elem16")
     w_scale = torch.rand(30) * 0.02
     x = torch.randn(6, 50, requires_grad=True)
     bias = torch.randn(30, requires_grad=True)
-    y = ops.sparse_int8_linear(x, *packed[:4], w_scale, bias, "elem")
+    y = ops.sparse_int8_linear(x, *packed[:4], w_scale, bias, "elem16")
     g = torch.randn_like(y)
     y.backward(g)
     torch.testing.assert_close(x.grad, g @ (w.float() * w_scale[:, None]))
@@ -159,40 +180,38 @@ def test_backward_matches_dense_dequantized_weight():
 # ------------------------------------------------------------------ bad input
 def test_bad_input_is_a_clear_error():
     w = pruned_int8(8, 32, 0.5)
-    v, r, b, o = fmt.pack(w, "elem")[:4]
+    v, r, b, o = fmt.pack(w, "elem16")[:4]
     x = torch.randn(2, 32)
     s = torch.ones(8)
     with pytest.raises(TypeError, match="x must be float32"):
-        ops.sparse_int8_linear(x.long(), v, r, b, o, s, None, "elem")
-    with pytest.raises(ValueError, match="format must be 'elem' or 'quad'"):
+        ops.sparse_int8_linear(x.long(), v, r, b, o, s, None, "elem16")
+    with pytest.raises(ValueError, match="format must be 'elem16' or 'quad'"):
         ops.sparse_int8_linear(x, v, r, b, o, s, None, "csr")
     with pytest.raises(ValueError, match="rel must have"):
-        ops.sparse_int8_linear(x, v, r[:-1], b, o, s, None, "elem")
+        ops.sparse_int8_linear(x, v, r[:-1], b, o, s, None, "elem16")
     with pytest.raises(ValueError, match="rel must have"):
         ops.sparse_int8_linear(x, v, r, b, o, s, None, "quad")  # values too short for quad
-    bad = o.clone()
-    bad[2], bad[3] = bad[3], bad[2] + 100
     with pytest.raises(ValueError, match="row_offsets"):
-        ops.sparse_int8_linear(x, v, r, b, o.flip(0), s, None, "elem")
+        ops.sparse_int8_linear(x, v, r, b, o.flip(0), s, None, "elem16")
     far = b.clone()
     far[0] = 8  # column 32: outside in_features
     with pytest.raises(ValueError, match="outside in_features"):
-        ops.sparse_int8_linear(x, v, r, far, o, s, None, "elem")
+        ops.sparse_int8_linear(x, v, r, far, o, s, None, "elem16")
     with pytest.raises(TypeError, match="w_scale must be torch.float32"):
-        ops.sparse_int8_linear(x, v, r, b, o, s.double(), None, "elem")
+        ops.sparse_int8_linear(x, v, r, b, o, s.double(), None, "elem16")
     with pytest.raises(ValueError, match="bias must have"):
-        ops.sparse_int8_linear(x, v, r, b, o, s, torch.ones(7), "elem")
+        ops.sparse_int8_linear(x, v, r, b, o, s, torch.ones(7), "elem16")
     with pytest.raises(TypeError, match="rel must be torch.uint8"):
-        ops.sparse_int8_linear(x, v, r.to(torch.int8), b, o, s, None, "elem")
+        ops.sparse_int8_linear(x, v, r.to(torch.int8), b, o, s, None, "elem16")
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
-        ops.sparse_int8_pack(torch.full((2, 4), -128, dtype=torch.int8), "elem")
+        ops.sparse_int8_pack(torch.full((2, 4), -128, dtype=torch.int8), "elem16")
     with pytest.raises(TypeError, match="w_int8 must be torch.int8"):
-        ops.sparse_int8_pack(torch.ones(2, 4), "elem")
+        ops.sparse_int8_pack(torch.ones(2, 4), "elem16")
 
 
 def test_check_rejects_corrupt_packed_tensors():
     w = pruned_int8(8, 40, 0.5)
-    p = fmt.pack(w, "elem")
+    p = fmt.pack(w, "elem16")
     fmt.check(p, 8, 40)
     with pytest.raises(ValueError, match="outside in_features"):
         fmt.check(p, 8, 20)
@@ -206,3 +225,9 @@ def test_check_rejects_corrupt_packed_tensors():
         fmt.check(p._replace(base=p.base.int()), 8, 40)
     with pytest.raises(ValueError, match="format must be one of"):
         fmt.check(p._replace(format="csr"), 8, 40)
+    with pytest.raises(ValueError, match="'elem' .* was replaced by 'elem16'"):
+        fmt.check(p._replace(format="elem"), 8, 40)
+    split = p.row_offsets.clone()
+    split[7] = split[8]  # row 7 no longer starts where its group does
+    with pytest.raises(ValueError, match="16 rows of a group the same first chunk"):
+        fmt.check(p._replace(row_offsets=split), 8, 40)

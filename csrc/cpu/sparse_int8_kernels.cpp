@@ -17,55 +17,133 @@ constexpr int64_t kChunk = kEntriesPerChunk;
 inline bool is_quad(SparseInt8Format f) { return f == SparseInt8Format::quad; }
 
 // ============================== packing ==============================
-// A "unit" is what one entry holds: a column (elem) or a group of 4 columns (quad). Chunk bases
-// are in units of 4 columns: elem base = the chunk's first column rounded down to a multiple of
-// 64 (cache-line aligned windows, see the header), quad base = its first group;
-// rel = unit - (elem ? 4 * base : base) must stay <= kMaxRel.
 inline bool group_nonzero(const int8_t* row, int64_t K, int64_t g) {
   for (int64_t k = 4 * g; k < std::min(K, 4 * g + 4); ++k)
     if (row[k] != 0) return true;
   return false;
 }
 
-// Walks row n's units, counting chunks; with `values` non-null it also writes them (starting at
-// chunk `first`). One walk for both passes, so count and fill cannot disagree.
-int64_t walk_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n, int64_t first,
-                 int8_t* values, uint8_t* rel, uint16_t* base) {
+// The packers walk the weight once to count chunks (values == nullptr) and once more to fill
+// them (starting at chunk `first`): one walk for both passes, so count and fill cannot disagree.
+
+// quad: row n's nonzero groups; a chunk starts on a 16-group boundary and spans <= 256 groups.
+int64_t walk_quad_row(const int8_t* w, int64_t K, int64_t n, int64_t first, int8_t* values,
+                      uint8_t* rel, uint16_t* base) {
   const int8_t* row = w + n * K;
-  const bool quad = is_quad(f);
-  const int64_t units = quad ? (K + 3) / 4 : K, eb = quad ? 4 : 1;
   int64_t chunks = 0, slot = kChunk, chunk_base = 0;
   auto close_chunk = [&] {  // pad the open chunk with zero-weight entries at rel 0
     if (values == nullptr || chunks == 0) return;
     const int64_t c = first + chunks - 1;
-    for (int64_t s = slot; s < kChunk; ++s) {
-      rel[c * kChunk + s] = 0;
-      std::memset(values + (c * kChunk + s) * eb, 0, eb);
-    }
+    std::memset(rel + c * kChunk + slot, 0, kChunk - slot);
+    std::memset(values + (c * kChunk + slot) * 4, 0, (kChunk - slot) * 4);
   };
-  for (int64_t u = 0; u < units; ++u) {
-    if (quad ? !group_nonzero(row, K, u) : row[u] == 0) continue;
-    const int64_t r = quad ? u - chunk_base : u - 4 * chunk_base;
-    if (slot == kChunk || r > kMaxRel) {
+  for (int64_t u = 0; u < (K + 3) / 4; ++u) {
+    if (!group_nonzero(row, K, u)) continue;
+    if (slot == kChunk || u - chunk_base > kMaxRel) {
       close_chunk();
       ++chunks;
       slot = 0;
-      chunk_base = quad ? u / 16 * 16 : u / 64 * 16;
+      chunk_base = u / 16 * 16;
       if (values != nullptr) base[first + chunks - 1] = static_cast<uint16_t>(chunk_base);
     }
     if (values != nullptr) {
       const int64_t e = (first + chunks - 1) * kChunk + slot;
-      rel[e] = static_cast<uint8_t>(quad ? u - chunk_base : u - 4 * chunk_base);
-      if (quad) {
-        for (int64_t j = 0; j < 4; ++j) values[e * 4 + j] = 4 * u + j < K ? row[4 * u + j] : 0;
-      } else {
-        values[e] = row[u];
-      }
+      rel[e] = static_cast<uint8_t>(u - chunk_base);
+      for (int64_t j = 0; j < 4; ++j) values[e * 4 + j] = 4 * u + j < K ? row[4 * u + j] : 0;
     }
     ++slot;
   }
   close_chunk();
   return chunks;
+}
+
+// elem16: group g's rows advance through their nonzeros independently; each step's base is the
+// lowest next column of any row, rounded down to 64 columns, and each row takes up to
+// kElemSlots of its next nonzeros below base + kElemSpan (see the header).
+int64_t walk_elem16_group(const int8_t* w, int64_t N, int64_t K, int64_t g, int64_t first,
+                          int8_t* values, uint8_t* rel, uint16_t* base) {
+  int64_t next[kElemRows];  // next nonzero column of each row (K: none left)
+  auto advance = [&](int64_t r, int64_t from) {
+    const int64_t n = kElemRows * g + r;
+    if (n >= N) return K;
+    const int8_t* row = w + n * K;
+    while (from < K && row[from] == 0) ++from;
+    return from;
+  };
+  for (int64_t r = 0; r < kElemRows; ++r) next[r] = advance(r, 0);
+  int64_t steps = 0;
+  for (;;) {
+    const int64_t lowest = *std::min_element(next, next + kElemRows);
+    if (lowest >= K) break;
+    const int64_t step_base = lowest / 64 * 16;  // in units of 4 columns
+    const int64_t end = std::min(K, 4 * step_base + kElemSpan);  // next[r] == K: row done
+    const int64_t e0 = (first + kElemRows * steps) * kElemSlots;  // the step's first entry
+    if (values != nullptr) base[first / kElemRows + steps] = static_cast<uint16_t>(step_base);
+    for (int64_t r = 0; r < kElemRows; ++r) {
+      int64_t slot = 0;
+      for (; slot < kElemSlots && next[r] < end; ++slot) {
+        if (values != nullptr) {
+          rel[e0 + kElemSlots * r + slot] = static_cast<uint8_t>(next[r] - 4 * step_base);
+          values[e0 + kElemSlots * r + slot] = w[(kElemRows * g + r) * K + next[r]];
+        }
+        next[r] = advance(r, next[r] + 1);
+      }
+      for (; values != nullptr && slot < kElemSlots; ++slot) {  // zero-weight padding at rel 0
+        rel[e0 + kElemSlots * r + slot] = 0;
+        values[e0 + kElemSlots * r + slot] = 0;
+      }
+    }
+    ++steps;
+  }
+  return kElemRows * steps;
+}
+
+// Row n's chunks: chunk i is first + i * stride (quad: a contiguous run of 16-entry chunks;
+// elem16: its 4 entries of each step of its group).
+struct RowChunks {
+  int64_t first, count, stride;
+};
+
+inline RowChunks row_chunks(const SparseInt8Weight& w, int64_t n) {
+  if (is_quad(w.format)) return {w.row_offsets[n], w.row_offsets[n + 1] - w.row_offsets[n], 1};
+  const int64_t g0 = n / kElemRows * kElemRows;
+  const int64_t begin = w.row_offsets[g0], end = w.row_offsets[std::min(g0 + kElemRows, w.N)];
+  return {begin + n % kElemRows, (end - begin) / kElemRows, kElemRows};
+}
+
+inline int64_t chunk_base(const SparseInt8Weight& w, int64_t c) {
+  return w.base[c / w.chunks_per_base()];
+}
+
+// An elem16 group's steps: [row_offsets[16g], row_offsets[min(16g + 16, N)]) / 16.
+inline void group_steps(const SparseInt8Weight& w, int64_t g, int64_t* s_begin, int64_t* s_end) {
+  *s_begin = w.row_offsets[kElemRows * g] / kElemRows;
+  *s_end = w.row_offsets[std::min(kElemRows * g + kElemRows, w.N)] / kElemRows;
+}
+
+// ============================== bounds check ==============================
+SCALENN_TARGET_AVX512 uint16_t max_u16_avx512(const uint16_t* v, int64_t n) {
+  __m512i m = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) m = _mm512_max_epu16(m, _mm512_loadu_si512(v + i));
+  m = _mm512_max_epu16(m, _mm512_maskz_loadu_epi16(_cvtu32_mask32((1u << (n - i)) - 1), v + i));
+  __m256i h = _mm256_max_epu16(_mm512_castsi512_si256(m), _mm512_extracti64x4_epi64(m, 1));
+  __m128i q = _mm_max_epu16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  // max(x) = 0xFFFF - min(0xFFFF - x); _mm_minpos_epu16 finds the minimum of 8 u16 lanes.
+  q = _mm_minpos_epu16(_mm_xor_si128(q, _mm_set1_epi16(-1)));
+  return static_cast<uint16_t>(0xFFFF - _mm_extract_epi16(q, 0));
+}
+
+SCALENN_TARGET_AVX2 uint16_t max_u16_avx2(const uint16_t* v, int64_t n) {
+  __m256i m = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    m = _mm256_max_epu16(m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)));
+  __m128i q = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  q = _mm_minpos_epu16(_mm_xor_si128(q, _mm_set1_epi16(-1)));
+  uint16_t best = static_cast<uint16_t>(0xFFFF - _mm_extract_epi16(q, 0));
+  for (; i < n; ++i) best = std::max(best, v[i]);
+  return best;
 }
 
 // ============================== AVX-512 VNNI ==============================
@@ -79,95 +157,163 @@ inline void write_result(const SparseInt8Weight& w, const SparseInt8Problem& pr,
                                  pr.bias ? pr.bias[n] : 0.0f);
 }
 
-// Gather kernel (elem, few tokens; the fallback for AVX-512 CPUs without VBMI): per chunk one
-// vpgatherdd per token loads the aligned dword holding each entry's activation (its group of
-// 4 columns; unaligned byte-offset gathers were 3x slower on Zen 5), and the entry's weight is
-// shifted to the byte of its column within that dword.
-template <int MT>
-SCALENN_TARGET_AVX512 void gather_rows_avx512(const SparseInt8Weight& w,
-                                              const SparseInt8Problem& pr, int64_t m0, int64_t n0,
-                                              int64_t n1) {
-  const int64_t Kp = packed_k(w.K);
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    __m512i acc[MT], wsum = _mm512_setzero_si512();
-    for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_si512();
-    for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-      const __m512i col = _mm512_add_epi32(
-          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk))),
-          _mm512_set1_epi32(4 * int32_t(w.base[c])));
-      const __m512i byte_shift = _mm512_slli_epi32(_mm512_and_si512(col, _mm512_set1_epi32(3)), 3);
-      const __m512i wd = _mm512_sllv_epi32(
-          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk))),
-          byte_shift);
-      const __m512i group = _mm512_srli_epi32(col, 2);
-      wsum = _mm512_dpbusd_epi32(wsum, ones, wd);
-#pragma GCC unroll 4
-      for (int t = 0; t < MT; ++t) {
-        const __m512i x = _mm512_i32gather_epi32(group, pr.a + (m0 + t) * Kp, 4);
-        acc[t] = _mm512_dpbusd_epi32(acc[t], x, wd);
-      }
-    }
-    // u8 activations are q + 128: subtract 128 * (sum of the row's weights).
-    const int32_t comp = -128 * _mm512_reduce_add_epi32(wsum);
-    for (int t = 0; t < MT; ++t) write_result(w, pr, m0 + t, n, _mm512_reduce_add_epi32(acc[t]) + comp);
+// Stores an elem16 group's results for token m: lane r of `sums` = row n0 + r (rows < N), with
+// write_result's epilogue, 16 rows at a time.
+SCALENN_TARGET_AVX512 inline void write_group(const SparseInt8Weight& w,
+                                              const SparseInt8Problem& pr, int64_t m, int64_t n0,
+                                              __m512i sums) {
+  const __mmask16 rows =
+      static_cast<__mmask16>((1u << std::min<int64_t>(kElemRows, w.N - n0)) - 1);
+  if (pr.out_s32 != nullptr) {
+    _mm512_mask_storeu_epi32(pr.out_s32 + m * w.N + n0, rows, sums);
+    return;
   }
+  const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(pr.row_scale[m]),
+                                     _mm512_maskz_loadu_ps(rows, pr.w_scale + n0));
+  const __m512 bias = pr.bias ? _mm512_maskz_loadu_ps(rows, pr.bias + n0) : _mm512_setzero_ps();
+  _mm512_mask_storeu_ps(pr.out + m * w.N + n0, rows,
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, bias));
 }
 
-// Window kernel (elem, few tokens, needs AVX512_VBMI): a chunk's 16 entries lie within 256
-// columns of 4 * base, so the 256 activation bytes there (4 zmm loads from L1) serve as a lookup
-// table: two vpermt2b (128-byte halves, merged on bit 7 of rel) pick the 16 activations, and one
-// vpdpbusd multiplies them with the 16 weights (4 entries per int32 lane; every lane is summed in
-// the end, so which entries share a lane does not matter). On Zen 5 this is several times
-// cheaper than a 16-lane vpgatherdd.
+// Sum of the 4 int32 lanes of each 128-bit lane of v, in that lane's first dword.
+SCALENN_TARGET_AVX512 inline __m512i sum_lane_quads(__m512i v) {
+  v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+  return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+}
+
 #define SCALENN_TARGET_AVX512_VBMI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,bmi2")))
 
-// One chunk of the window kernel for MT tokens, accumulating into acc[MT].
+// One elem16 step for MT tokens: its 64 entries lie within kElemSpan columns of 4 * base, so
+// the activation bytes there (2 or 4 aligned zmm loads from L1) serve as a lookup table: one
+// vpermt2b (128 columns; for 256, two merged on bit 7 of rel) picks the 64 activations and one
+// vpdpbusd multiplies them with the 64 weights, row r's 4 products summed into dword lane r.
 template <int MT>
-SCALENN_TARGET_AVX512_VBMI inline void window_chunk(const SparseInt8Weight& w,
-                                                   const SparseInt8Problem& pr, int64_t m0,
-                                                   int64_t Kp, int64_t c, __m512i* wsum,
+SCALENN_TARGET_AVX512_VBMI inline void elem16_step(const SparseInt8Weight& w, const uint8_t* x0,
+                                                   int64_t Kp, int64_t s, __m512i* wsum,
                                                    __m512i (&acc)[MT]) {
-  // Lanes 16..63 of idx are 0 and of wd are 0, so whatever they pick is multiplied by 0.
-  const __m512i idx = _mm512_castsi128_si512(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + c * kChunk)));
-  const __m512i wd = _mm512_castsi128_si512(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + c * kChunk)));
-  const __mmask64 high = _mm512_movepi8_mask(idx);
-  *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wd);
-#pragma GCC unroll 4
+  const __m512i idx = _mm512_loadu_si512(w.rel + s * kElemStep);
+  const __m512i wv = _mm512_loadu_si512(w.values + s * kElemStep);
+  *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wv);
+  const uint8_t* xs = x0 + 4 * int64_t(w.base[s]);
+#pragma GCC unroll 16
   for (int t = 0; t < MT; ++t) {
-    const uint8_t* x = pr.a + (m0 + t) * Kp + 4 * int64_t(w.base[c]);
-    const __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512(x), idx,
-                                                _mm512_loadu_si512(x + 64));
-    const __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512(x + 128), idx,
-                                                _mm512_loadu_si512(x + 192));
-    acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_mask_blend_epi8(high, lo, hi), wd);
+    const uint8_t* x = xs + t * Kp;
+    __m512i picked = _mm512_permutex2var_epi8(_mm512_loadu_si512(x), idx,
+                                              _mm512_loadu_si512(x + 64));
+    if constexpr (kElemSpan == 256)
+      picked = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), picked,
+                                      _mm512_permutex2var_epi8(_mm512_loadu_si512(x + 128), idx,
+                                                               _mm512_loadu_si512(x + 192)));
+    acc[t] = _mm512_dpbusd_epi32(acc[t], picked, wv);
   }
 }
 
-template <int MT>
-SCALENN_TARGET_AVX512_VBMI void window_rows_avx512(const SparseInt8Weight& w,
-                                                   const SparseInt8Problem& pr, int64_t m0,
-                                                   int64_t n0, int64_t n1) {
+// Window kernel (elem16, tokens m0..m0+MT-1, groups [g0, g1), needs AVX512_VBMI). With few
+// tokens, SETS accumulator sets on consecutive steps hide vpdpbusd's latency.
+template <int MT, int SETS>
+SCALENN_TARGET_AVX512_VBMI void elem16_window_avx512(const SparseInt8Weight& w,
+                                                     const SparseInt8Problem& pr, int64_t m0,
+                                                     int64_t g0, int64_t g1) {
   const int64_t Kp = packed_k(w.K);
-  for (int64_t n = n0; n < n1; ++n) {
-    // Two accumulator sets, chunks alternating, written out so they stay in registers (an
-    // index like acc[c & 1] put them on the stack: a store-load round trip per chunk).
-    __m512i even[MT], odd[MT], wsum_even = _mm512_setzero_si512(), wsum_odd = wsum_even;
-    for (int t = 0; t < MT; ++t) even[t] = odd[t] = _mm512_setzero_si512();
-    const int64_t end = w.row_offsets[n + 1];
-    int64_t c = w.row_offsets[n];
-    for (; c + 1 < end; c += 2) {
-      window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
-      window_chunk<MT>(w, pr, m0, Kp, c + 1, &wsum_odd, odd);
+  const uint8_t* x0 = pr.a + m0 * Kp;
+  for (int64_t g = g0; g < g1; ++g) {
+    int64_t s, s_end;
+    group_steps(w, g, &s, &s_end);
+    __m512i acc[SETS][MT], wsum[SETS];
+#pragma GCC unroll 4
+    for (int u = 0; u < SETS; ++u) {
+      wsum[u] = _mm512_setzero_si512();
+#pragma GCC unroll 16
+      for (int t = 0; t < MT; ++t) acc[u][t] = _mm512_setzero_si512();
     }
-    if (c < end) window_chunk<MT>(w, pr, m0, Kp, c, &wsum_even, even);
-    const int32_t comp = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(wsum_even, wsum_odd));
+    for (; s + SETS <= s_end; s += SETS) {
+#pragma GCC unroll 4
+      for (int u = 0; u < SETS; ++u) elem16_step<MT>(w, x0, Kp, s + u, &wsum[u], acc[u]);
+    }
+    for (; s < s_end; ++s) elem16_step<MT>(w, x0, Kp, s, &wsum[0], acc[0]);
+#pragma GCC unroll 4
+    for (int u = 1; u < SETS; ++u) {
+      wsum[0] = _mm512_add_epi32(wsum[0], wsum[u]);
+#pragma GCC unroll 16
+      for (int t = 0; t < MT; ++t) acc[0][t] = _mm512_add_epi32(acc[0][t], acc[u][t]);
+    }
+    // u8 activations are q + 128: subtract 128 * (each row's weights).
+    const __m512i comp = _mm512_slli_epi32(wsum[0], 7);
+#pragma GCC unroll 16
     for (int t = 0; t < MT; ++t)
-      write_result(w, pr, m0 + t, n,
-                   _mm512_reduce_add_epi32(_mm512_add_epi32(even[t], odd[t])) + comp);
+      write_group(w, pr, m0 + t, kElemRows * g, _mm512_sub_epi32(acc[0][t], comp));
+  }
+}
+
+// Rows [n0, n1) for every token with the window kernel, in passes of up to 4 tokens over
+// blocks of 16 groups, whose weights stay in L2 across the passes. (Measured at 4096 x 4096,
+// 90%, 1 thread: passes of 8 or 16 tokens were 15-40% slower, blocks of 4 or 64 groups 5-10%.)
+SCALENN_TARGET_AVX512_VBMI void elem16_window_rows_avx512(const SparseInt8Weight& w,
+                                                          const SparseInt8Problem& pr,
+                                                          int64_t n0, int64_t n1) {
+  const int64_t g_end = (n1 + kElemRows - 1) / kElemRows;
+  for (int64_t g0 = n0 / kElemRows; g0 < g_end; g0 += 16) {
+    const int64_t g1 = std::min(g_end, g0 + 16);
+    for (int64_t m0 = 0; m0 < pr.M;) {
+      switch (std::min<int64_t>(4, pr.M - m0)) {
+        case 1: elem16_window_avx512<1, 2>(w, pr, m0, g0, g1); m0 += 1; break;
+        case 2: elem16_window_avx512<2, 2>(w, pr, m0, g0, g1); m0 += 2; break;
+        case 3: elem16_window_avx512<3, 1>(w, pr, m0, g0, g1); m0 += 3; break;
+        default: elem16_window_avx512<4, 2>(w, pr, m0, g0, g1); m0 += 4;
+      }
+    }
+  }
+}
+
+// Gather kernel (elem16, few tokens; the fallback for AVX-512 CPUs without VBMI): per step and
+// token, 4 vpgatherdd (16 entries = rows 4q..4q+3 each) load the aligned dword holding each
+// entry's activation (its group of 4 columns; unaligned byte-offset gathers were 3x slower on
+// Zen 5), and the entry's weight is shifted to the byte of its column within that dword.
+template <int MT>
+SCALENN_TARGET_AVX512 void elem16_gather_avx512(const SparseInt8Weight& w,
+                                                const SparseInt8Problem& pr, int64_t m0,
+                                                int64_t n0, int64_t n1) {
+  const int64_t Kp = packed_k(w.K);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t g = n0 / kElemRows; g < (n1 + kElemRows - 1) / kElemRows; ++g) {
+    int64_t s, s_end;
+    group_steps(w, g, &s, &s_end);
+    __m512i acc[MT][4], wsum[4];
+    for (int q = 0; q < 4; ++q) {
+      wsum[q] = _mm512_setzero_si512();
+      for (int t = 0; t < MT; ++t) acc[t][q] = _mm512_setzero_si512();
+    }
+    for (; s < s_end; ++s) {
+      const __m512i b = _mm512_set1_epi32(4 * int32_t(w.base[s]));
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        const int64_t e = s * kElemStep + 16 * q;
+        const __m512i col = _mm512_add_epi32(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + e))), b);
+        const __m512i byte_shift = _mm512_slli_epi32(_mm512_and_si512(col, _mm512_set1_epi32(3)), 3);
+        const __m512i wd = _mm512_sllv_epi32(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + e))),
+            byte_shift);
+        const __m512i group = _mm512_srli_epi32(col, 2);
+        wsum[q] = _mm512_dpbusd_epi32(wsum[q], ones, wd);
+#pragma GCC unroll 2
+        for (int t = 0; t < MT; ++t)
+          acc[t][q] = _mm512_dpbusd_epi32(
+              acc[t][q], _mm512_i32gather_epi32(group, pr.a + (m0 + t) * Kp, 4), wd);
+      }
+    }
+    for (int t = 0; t < MT; ++t) {
+      // Lane j of acc[t][q] belongs to row 4q + j / 4: sum each 128-bit lane, then gather the
+      // four sums of each q into lanes 4q..4q+3.
+      __m512i rows = _mm512_setzero_si512();
+      for (int q = 0; q < 4; ++q) {
+        const __m512i v = sum_lane_quads(_mm512_sub_epi32(acc[t][q], _mm512_slli_epi32(wsum[q], 7)));
+        rows = _mm512_mask_expand_epi32(rows, static_cast<__mmask16>(0xF << (4 * q)),
+                                        _mm512_maskz_compress_epi32(0x1111, v));
+      }
+      write_group(w, pr, m0 + t, kElemRows * g, rows);
+    }
   }
 }
 
@@ -293,117 +439,73 @@ SCALENN_TARGET_AVX512 void quad_panel_rows_avx512(const SparseInt8Weight& w,
   }
 }
 
-// Elem panel kernels: "byte panels" panel[k][t] = activation byte of column k of token t. Four
-// entries at a time: their four token vectors are interleaved into dwords (byte j of token t's
-// dword = entry j's activation) and one vpdpbusd multiplies them with the 4 entries' weights,
-// which are already one dword in the values array. 4x fewer loads and vpdpbusd than giving each
-// elem entry a dword of its own.
-//
-// P = 64: 4 zmm loads, 8 in-lane unpacks (AVX512BW). Output vector v, dword lane l holds token
-// 16 * (l / 4) + 4 * v + l % 4.
+// Elem16 panel kernel (P = 64 tokens): "byte panels" panel[k][t] = activation byte of column k
+// of token t. Row by row, its 4 entries of each step of its group at a time: their four token
+// vectors (4 zmm loads) are interleaved into dwords by 8 in-lane unpacks (byte j of token t's
+// dword = entry j's activation) and one vpdpbusd per 16 tokens multiplies them with the 4
+// entries' weights, which are already one dword in the values array. Output vector v, dword
+// lane l holds token 16 * (l / 4) + 4 * v + l % 4.
 SCALENN_TARGET_AVX512 inline int64_t elem64_slot(int64_t t) {
   const int64_t r = t % 16;
   return (r / 4) * 16 + 4 * (t / 16) + r % 4;
 }
 
-SCALENN_TARGET_AVX512 void elem_panel64_rows_avx512(const SparseInt8Weight& w,
-                                                    const SparseInt8Problem& pr, int64_t n0,
-                                                    int64_t n1) {
+SCALENN_TARGET_AVX512 inline void elem16_panel_entries(const SparseInt8Weight& w,
+                                                       const uint8_t* panel, int64_t c,
+                                                       __m512i* wsum, __m512i (&acc)[4]) {
+  constexpr int64_t P = 64;
+  const uint8_t* rc = w.rel + c * kElemSlots;
+  const uint8_t* xc = panel + chunk_base(w, c) * 4 * P;
+  int32_t wd;
+  std::memcpy(&wd, w.values + c * kElemSlots, 4);
+  const __m512i b = _mm512_set1_epi32(wd);
+  *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), b);
+  const __m512i x0 = _mm512_loadu_si512(xc + int64_t(rc[0]) * P);
+  const __m512i x1 = _mm512_loadu_si512(xc + int64_t(rc[1]) * P);
+  const __m512i x2 = _mm512_loadu_si512(xc + int64_t(rc[2]) * P);
+  const __m512i x3 = _mm512_loadu_si512(xc + int64_t(rc[3]) * P);
+  const __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), hi01 = _mm512_unpackhi_epi8(x0, x1);
+  const __m512i lo23 = _mm512_unpacklo_epi8(x2, x3), hi23 = _mm512_unpackhi_epi8(x2, x3);
+  acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(lo01, lo23), b);
+  acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(lo01, lo23), b);
+  acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(hi01, hi23), b);
+  acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(hi01, hi23), b);
+}
+
+SCALENN_TARGET_AVX512 void elem16_panel64_rows_avx512(const SparseInt8Weight& w,
+                                                      const SparseInt8Problem& pr, int64_t n0,
+                                                      int64_t n1) {
   constexpr int64_t P = 64;
   const int64_t panel_bytes = packed_k(w.K) * P;
-  const __m512i ones = _mm512_set1_epi8(1);
   int32_t* out = panel_scratch((n1 - n0) * P);
   for (int64_t p = 0; p * P < pr.M; ++p) {
     const uint8_t* panel = pr.a + p * panel_bytes;
     for (int64_t n = n0; n < n1; ++n) {
-      __m512i acc[2][4], wsum = _mm512_setzero_si512();
-      for (int u = 0; u < 2; ++u)
-        for (int v = 0; v < 4; ++v) acc[u][v] = _mm512_setzero_si512();
-      for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-        const int8_t* wc = w.values + c * kChunk;
-        const uint8_t* rc = w.rel + c * kChunk;
-        const uint8_t* xc = panel + int64_t(w.base[c]) * 4 * P;
-        wsum = _mm512_dpbusd_epi32(wsum, ones, _mm512_castsi128_si512(
-                                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc))));
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) {
-          const __m512i x0 = _mm512_loadu_si512(xc + int64_t(rc[4 * q + 0]) * P);
-          const __m512i x1 = _mm512_loadu_si512(xc + int64_t(rc[4 * q + 1]) * P);
-          const __m512i x2 = _mm512_loadu_si512(xc + int64_t(rc[4 * q + 2]) * P);
-          const __m512i x3 = _mm512_loadu_si512(xc + int64_t(rc[4 * q + 3]) * P);
-          const __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), hi01 = _mm512_unpackhi_epi8(x0, x1);
-          const __m512i lo23 = _mm512_unpacklo_epi8(x2, x3), hi23 = _mm512_unpackhi_epi8(x2, x3);
-          int32_t wd;
-          std::memcpy(&wd, wc + 4 * q, 4);
-          const __m512i b = _mm512_set1_epi32(wd);
-          __m512i* a = acc[q & 1];
-          a[0] = _mm512_dpbusd_epi32(a[0], _mm512_unpacklo_epi16(lo01, lo23), b);
-          a[1] = _mm512_dpbusd_epi32(a[1], _mm512_unpackhi_epi16(lo01, lo23), b);
-          a[2] = _mm512_dpbusd_epi32(a[2], _mm512_unpacklo_epi16(hi01, hi23), b);
-          a[3] = _mm512_dpbusd_epi32(a[3], _mm512_unpackhi_epi16(hi01, hi23), b);
-        }
+      // Two accumulator sets on alternate steps, written out so they stay in registers.
+      __m512i even[4], odd[4], wsum_even = _mm512_setzero_si512(), wsum_odd = wsum_even;
+      for (int v = 0; v < 4; ++v) even[v] = odd[v] = _mm512_setzero_si512();
+      const RowChunks rc = row_chunks(w, n);
+      int64_t i = 0;
+      for (; i + 1 < rc.count; i += 2) {
+        elem16_panel_entries(w, panel, rc.first + i * rc.stride, &wsum_even, even);
+        elem16_panel_entries(w, panel, rc.first + (i + 1) * rc.stride, &wsum_odd, odd);
       }
-      const __m512i comp = _mm512_set1_epi32(-128 * _mm512_reduce_add_epi32(wsum));
+      if (i < rc.count) elem16_panel_entries(w, panel, rc.first + i * rc.stride, &wsum_even, even);
+      // Every lane of wsum holds the sum of the row's weights: subtract 128 times it.
+      const __m512i comp = _mm512_slli_epi32(_mm512_add_epi32(wsum_even, wsum_odd), 7);
       for (int v = 0; v < 4; ++v)
         _mm512_storeu_si512(out + (n - n0) * P + 16 * v,
-                            _mm512_add_epi32(_mm512_add_epi32(acc[0][v], acc[1][v]), comp));
+                            _mm512_sub_epi32(_mm512_add_epi32(even[v], odd[v]), comp));
     }
     write_panel(w, pr, out, P, p, n0, n1, elem64_slot);
   }
 }
 
-// P = 16 (needs VBMI): the 4 entries' 16-byte token vectors fill one zmm and one vpermb
-// interleaves them, so token t's dword is lane t.
-SCALENN_TARGET_AVX512_VBMI void elem_panel16_rows_avx512(const SparseInt8Weight& w,
-                                                         const SparseInt8Problem& pr, int64_t n0,
-                                                         int64_t n1) {
-  constexpr int64_t P = 16;
-  const int64_t panel_bytes = packed_k(w.K) * P;
-  const __m512i ones = _mm512_set1_epi8(1);
-  alignas(64) uint8_t interleave_idx[64];
-  for (int t = 0; t < 16; ++t)
-    for (int j = 0; j < 4; ++j) interleave_idx[4 * t + j] = static_cast<uint8_t>(16 * j + t);
-  const __m512i interleave = _mm512_load_si512(interleave_idx);
-  int32_t* out = panel_scratch((n1 - n0) * P);
-  for (int64_t p = 0; p * P < pr.M; ++p) {
-    const uint8_t* panel = pr.a + p * panel_bytes;
-    for (int64_t n = n0; n < n1; ++n) {
-      __m512i acc[4], wsum = _mm512_setzero_si512();
-      for (int q = 0; q < 4; ++q) acc[q] = _mm512_setzero_si512();
-      for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-        const int8_t* wc = w.values + c * kChunk;
-        const uint8_t* rc = w.rel + c * kChunk;
-        const uint8_t* xc = panel + int64_t(w.base[c]) * 4 * P;
-        wsum = _mm512_dpbusd_epi32(wsum, ones, _mm512_castsi128_si512(
-                                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc))));
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) {
-          __m512i x = _mm512_castsi128_si512(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(xc + int64_t(rc[4 * q]) * P)));
-          for (int j = 1; j < 4; ++j)
-            x = _mm512_inserti32x4(x, _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                                          xc + int64_t(rc[4 * q + j]) * P)), j);
-          int32_t wd;
-          std::memcpy(&wd, wc + 4 * q, 4);
-          acc[q] = _mm512_dpbusd_epi32(acc[q], _mm512_permutexvar_epi8(interleave, x),
-                                       _mm512_set1_epi32(wd));
-        }
-      }
-      const __m512i comp = _mm512_set1_epi32(-128 * _mm512_reduce_add_epi32(wsum));
-      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]),
-                                           _mm512_add_epi32(acc[2], acc[3]));
-      _mm512_storeu_si512(out + (n - n0) * P, _mm512_add_epi32(sum, comp));
-    }
-    write_panel(w, pr, out, P, p, n0, n1, [](int64_t t) { return t; });
-  }
-}
-
 // ============================== AVX2 ==============================
-// s8 activations. elem: the gathered dword's low byte is q; sign-extend it and vpmulld with the
-// sign-extended weight. quad: vpmaddubsw with the sign trick of int8_gemm_kernels.cpp (|q| u8 x
-// w with q's sign; pairs stay below 2^15) and vpmaddwd with ones.
-template <int MT, bool QUAD>
-SCALENN_TARGET_AVX2 void gather_rows_avx2(const SparseInt8Weight& w, const SparseInt8Problem& pr,
+// s8 activations. quad: vpmaddubsw with the sign trick of int8_gemm_kernels.cpp (|q| u8 x w
+// with q's sign; pairs stay below 2^15) and vpmaddwd with ones, per token and chunk.
+template <int MT>
+SCALENN_TARGET_AVX2 void quad_gather_avx2(const SparseInt8Weight& w, const SparseInt8Problem& pr,
                                           int64_t m0, int64_t n0, int64_t n1) {
   const int64_t Kp = packed_k(w.K);
   const __m256i ones16 = _mm256_set1_epi16(1);
@@ -415,25 +517,14 @@ SCALENN_TARGET_AVX2 void gather_rows_avx2(const SparseInt8Weight& w, const Spars
       for (int64_t h = 0; h < 2; ++h) {
         const __m256i idx = _mm256_cvtepu8_epi32(
             _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.rel + c * kChunk + 8 * h)));
-        __m256i off, wd;
-        if constexpr (QUAD) {
-          off = _mm256_slli_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(b)), 2);
-          wd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + (c * kChunk + 8 * h) * 4));
-        } else {
-          off = _mm256_add_epi32(idx, _mm256_set1_epi32(4 * b));
-          wd = _mm256_cvtepi8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.values + c * kChunk + 8 * h)));
-        }
+        const __m256i off = _mm256_slli_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(b)), 2);
+        const __m256i wd = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(w.values + (c * kChunk + 8 * h) * 4));
         for (int t = 0; t < MT; ++t) {
           const __m256i x = _mm256_i32gather_epi32(
               reinterpret_cast<const int*>(pr.a + (m0 + t) * Kp), off, 1);
-          if constexpr (QUAD) {
-            const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(wd, x));
-            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(prod, ones16));
-          } else {
-            const __m256i q = _mm256_srai_epi32(_mm256_slli_epi32(x, 24), 24);
-            acc[t] = _mm256_add_epi32(acc[t], _mm256_mullo_epi32(q, wd));
-          }
+          const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(wd, x));
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(prod, ones16));
         }
       }
     }
@@ -446,21 +537,57 @@ SCALENN_TARGET_AVX2 void gather_rows_avx2(const SparseInt8Weight& w, const Spars
   }
 }
 
+// elem16, token m: per step 8 byte-offset vpgatherdd (8 entries = rows 2h, 2h + 1 each); the
+// gathered dword's low byte is q: sign-extend it and vpmulld with the sign-extended weight.
+SCALENN_TARGET_AVX2 void elem16_gather_avx2(const SparseInt8Weight& w,
+                                            const SparseInt8Problem& pr, int64_t m, int64_t n0,
+                                            int64_t n1) {
+  const int* a = reinterpret_cast<const int*>(pr.a + m * packed_k(w.K));
+  for (int64_t g = n0 / kElemRows; g < (n1 + kElemRows - 1) / kElemRows; ++g) {
+    int64_t s, s_end;
+    group_steps(w, g, &s, &s_end);
+    __m256i acc[8];
+    for (int h = 0; h < 8; ++h) acc[h] = _mm256_setzero_si256();
+    for (; s < s_end; ++s) {
+      const __m256i b = _mm256_set1_epi32(4 * int32_t(w.base[s]));
+#pragma GCC unroll 8
+      for (int h = 0; h < 8; ++h) {
+        const int64_t e = s * kElemStep + 8 * h;
+        const __m256i off = _mm256_add_epi32(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.rel + e))), b);
+        const __m256i wd = _mm256_cvtepi8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.values + e)));
+        const __m256i q = _mm256_srai_epi32(_mm256_slli_epi32(_mm256_i32gather_epi32(a, off, 1), 24), 24);
+        acc[h] = _mm256_add_epi32(acc[h], _mm256_mullo_epi32(q, wd));
+      }
+    }
+    alignas(32) int32_t lanes[8][8];
+    for (int h = 0; h < 8; ++h) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[h]), acc[h]);
+    for (int64_t r = 0; r < kElemRows && kElemRows * g + r < w.N; ++r) {
+      const int32_t* l = lanes[r / 2] + 4 * (r % 2);
+      write_result(w, pr, m, kElemRows * g + r, l[0] + l[1] + l[2] + l[3]);
+    }
+  }
+}
+
 // ============================== scalar ==============================
 void rows_scalar(const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t n0, int64_t n1) {
   const int64_t Kp = packed_k(w.K);
   const bool quad = is_quad(w.format);
+  const int64_t entries = w.chunk_entries();
   const int8_t* a = reinterpret_cast<const int8_t*>(pr.a);
   for (int64_t m = 0; m < pr.M; ++m) {
     for (int64_t n = n0; n < n1; ++n) {
       int32_t acc = 0;
-      for (int64_t c = w.row_offsets[n]; c < w.row_offsets[n + 1]; ++c) {
-        for (int64_t e = c * kChunk; e < (c + 1) * kChunk; ++e) {
+      const RowChunks rc = row_chunks(w, n);
+      for (int64_t i = 0; i < rc.count; ++i) {
+        const int64_t c = rc.first + i * rc.stride, b = chunk_base(w, c);
+        for (int64_t e = c * entries; e < (c + 1) * entries; ++e) {
           if (quad) {
-            const int8_t* x = a + m * Kp + 4 * (w.base[c] + w.rel[e]);
+            const int8_t* x = a + m * Kp + 4 * (b + w.rel[e]);
             for (int j = 0; j < 4; ++j) acc += int32_t(x[j]) * int32_t(w.values[4 * e + j]);
           } else {
-            acc += int32_t(a[m * Kp + 4 * w.base[c] + w.rel[e]]) * int32_t(w.values[e]);
+            acc += int32_t(a[m * Kp + 4 * b + w.rel[e]]) * int32_t(w.values[e]);
           }
         }
       }
@@ -469,64 +596,90 @@ void rows_scalar(const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t
   }
 }
 
-template <bool QUAD>
-void rows_isa(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t n0,
-              int64_t n1) {
+// Per-token kernels for up to 4 tokens at a time (they share each chunk's decode).
+template <class Run>
+void per_token_blocks(int64_t M, Run run) {
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    switch (std::min<int64_t>(4, M - m0)) {
+      case 1: run.template operator()<1>(m0); break;
+      case 2: run.template operator()<2>(m0); break;
+      case 3: run.template operator()<3>(m0); break;
+      default: run.template operator()<4>(m0);
+    }
+  }
+}
+
+void quad_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t n0,
+               int64_t n1) {
   if (isa == CpuIsa::avx512 && pr.P > 0) {
-    if constexpr (QUAD) {
-      switch (pr.P) {
-        case 16: quad_panel_rows_avx512<1>(w, pr, n0, n1); break;
-        case 32: quad_panel_rows_avx512<2>(w, pr, n0, n1); break;
-        default: quad_panel_rows_avx512<4>(w, pr, n0, n1);
-      }
-    } else if (pr.P == 16) {
-      elem_panel16_rows_avx512(w, pr, n0, n1);
-    } else {
-      elem_panel64_rows_avx512(w, pr, n0, n1);
+    switch (pr.P) {
+      case 16: quad_panel_rows_avx512<1>(w, pr, n0, n1); break;
+      case 32: quad_panel_rows_avx512<2>(w, pr, n0, n1); break;
+      default: quad_panel_rows_avx512<4>(w, pr, n0, n1);
     }
-    return;
-  }
-  if (isa == CpuIsa::scalar) {
+  } else if (isa == CpuIsa::avx512) {
+    per_token_blocks(pr.M, [&]<int MT>(int64_t m0) { quad_window_rows_avx512<MT>(w, pr, m0, n0, n1); });
+  } else if (isa == CpuIsa::avx2) {
+    per_token_blocks(pr.M, [&]<int MT>(int64_t m0) { quad_gather_avx2<MT>(w, pr, m0, n0, n1); });
+  } else {
     rows_scalar(w, pr, n0, n1);
-    return;
   }
-  // Per-token kernels, up to 4 tokens at a time (they share each chunk's decode).
-  for (int64_t m0 = 0; m0 < pr.M; m0 += 4) {
-    auto run = [&]<int MT>() {
-      if (isa == CpuIsa::avx2)
-        gather_rows_avx2<MT, QUAD>(w, pr, m0, n0, n1);
-      else if constexpr (QUAD)
-        quad_window_rows_avx512<MT>(w, pr, m0, n0, n1);
-      else if (vbmi_enabled())
-        window_rows_avx512<MT>(w, pr, m0, n0, n1);
+}
+
+void elem16_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t n0,
+                 int64_t n1) {
+  if (isa == CpuIsa::avx512 && pr.P > 0) {
+    elem16_panel64_rows_avx512(w, pr, n0, n1);
+  } else if (isa == CpuIsa::avx512 && vbmi_enabled()) {
+    elem16_window_rows_avx512(w, pr, n0, n1);
+  } else if (isa == CpuIsa::avx512) {
+    for (int64_t m0 = 0; m0 < pr.M; m0 += 2) {
+      if (pr.M - m0 >= 2)
+        elem16_gather_avx512<2>(w, pr, m0, n0, n1);
       else
-        gather_rows_avx512<MT>(w, pr, m0, n0, n1);
-    };
-    switch (std::min<int64_t>(4, pr.M - m0)) {
-      case 1: run.template operator()<1>(); break;
-      case 2: run.template operator()<2>(); break;
-      case 3: run.template operator()<3>(); break;
-      default: run.template operator()<4>();
+        elem16_gather_avx512<1>(w, pr, m0, n0, n1);
     }
+  } else if (isa == CpuIsa::avx2) {
+    for (int64_t m = 0; m < pr.M; ++m) elem16_gather_avx2(w, pr, m, n0, n1);
+  } else {
+    rows_scalar(w, pr, n0, n1);
   }
 }
 
 }  // namespace
 
-int64_t sparse_int8_row_chunks(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n) {
-  return walk_row(f, w, K, n, 0, nullptr, nullptr, nullptr);
+uint16_t max_u16(CpuIsa isa, const uint16_t* v, int64_t n) {
+  if (isa == CpuIsa::avx512) return max_u16_avx512(v, n);
+  if (isa == CpuIsa::avx2) return max_u16_avx2(v, n);
+  uint16_t best = 0;
+  for (int64_t i = 0; i < n; ++i) best = std::max(best, v[i]);
+  return best;
 }
 
-void sparse_int8_pack_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n,
-                          int64_t first, int8_t* values, uint8_t* rel, uint16_t* base) {
-  walk_row(f, w, K, n, first, values, rel, base);
+int64_t sparse_int8_block_rows(SparseInt8Format f) { return is_quad(f) ? 1 : kElemRows; }
+
+int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K,
+                                 int64_t b) {
+  return is_quad(f) ? walk_quad_row(w, K, b, 0, nullptr, nullptr, nullptr)
+                    : walk_elem16_group(w, N, K, b, 0, nullptr, nullptr, nullptr);
+}
+
+void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K, int64_t b,
+                            int64_t first, int8_t* values, uint8_t* rel, uint16_t* base) {
+  if (is_quad(f))
+    walk_quad_row(w, K, b, first, values, rel, base);
+  else
+    walk_elem16_group(w, N, K, b, first, values, rel, base);
 }
 
 int64_t sparse_int8_panel_width(CpuIsa isa, SparseInt8Format f, int64_t M) {
-  // Below 3 tokens a gather / window lookup per token beats a 16-token panel of padding.
-  if (isa != CpuIsa::avx512 || M < 3) return 0;
-  if (is_quad(f)) return M <= 16 ? 16 : (M <= 32 ? 32 : 64);
-  return M <= 16 && vbmi_enabled() ? 16 : 64;
+  if (isa != CpuIsa::avx512) return 0;
+  if (is_quad(f)) return M < 3 ? 0 : (M <= 16 ? 16 : (M <= 32 ? 32 : 64));
+  // elem16: the window kernel (VBMI) for every M: at 4096 x 4096, 90%, it beat the 64-token
+  // panel kernel by 1.4x per token at M = 64 and 128 (1 thread). Without VBMI the gather
+  // kernel below 3 tokens (a 64-token panel would be mostly padding), panels above.
+  if (vbmi_enabled()) return 0;
+  return M < 3 ? 0 : 64;
 }
 
 void sparse_int8_transpose_panels(SparseInt8Format f, const uint8_t* a, int64_t M, int64_t K,
@@ -551,9 +704,9 @@ void sparse_int8_transpose_panels(SparseInt8Format f, const uint8_t* a, int64_t 
 void sparse_int8_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr,
                       int64_t n_begin, int64_t n_end) {
   if (is_quad(w.format))
-    rows_isa<true>(isa, w, pr, n_begin, n_end);
+    quad_rows(isa, w, pr, n_begin, n_end);
   else
-    rows_isa<false>(isa, w, pr, n_begin, n_end);
+    elem16_rows(isa, w, pr, n_begin, n_end);
 }
 
 }  // namespace scalenn::cpu

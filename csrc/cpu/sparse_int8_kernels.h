@@ -2,44 +2,52 @@
 // level: AVX-512 VNNI (vpgatherdd / vpdpbusd), AVX2 (vpgatherdd / vpmulld / vpmaddubsw) and
 // scalar. All three give bit-identical int32 accumulators.
 //
-// Format. A pruned int8 weight W [N, K] is stored as a list of ENTRIES per output row, packed in
-// CHUNKS of 16 entries (a row is padded to whole chunks with zero-weight entries):
-//   "elem"  one kept weight per entry (unstructured pruning): values int8 [chunks * 16];
-//           column of entry e of chunk c = 4 * base[c] + rel[e]; the packer starts elem chunks
-//           on a multiple of 64 columns, so the window kernel's 4 x 64-byte loads of the
-//           activations at 4 * base are cache-line aligned (single-thread M=1: 0.20 -> 0.15 ms
-//           at 4096 x 4096, 90%).
-//   "quad"  one group of 4 consecutive columns per entry (1x4 / 1x16 blocks, 2:4, and any
-//           pattern whose kept weights cluster in groups of 4): values int8 [chunks * 16 * 4],
-//           the 4 weights of the group; first column of entry e = 4 * (base[c] + rel[e]).
-//   rel     uint8 [chunks * 16]: the entry's position relative to its chunk's base, so a chunk
-//           spans at most 256 columns (elem) or 256 groups (quad); the packer starts a new chunk
-//           when the next entry is further away.
-//   base    uint16 [chunks] (stored as int16), in units of 4 columns.
-//   row_offsets int32 [N + 1]: row n owns chunks [row_offsets[n], row_offsets[n + 1]).
-// Bytes per kept weight at 90% unstructured: 1 (value) + 1 (rel) + 1/8 (base) + the padding.
+// Format. A pruned int8 weight W [N, K] is stored as CHUNKS: runs of entries of one output row
+// (padded with zero-weight entries) within a window of columns from a base:
+//   "elem16" one kept weight per entry (unstructured pruning). Rows in GROUPS of 16 (rows
+//            16g..16g+15; rows >= N of the last group are all padding). A group is a run of
+//            STEPS of 64 entries, one zmm of rel and one of values: row r's chunk of the step
+//            is entries 4r..4r+3 (dword lane r), all 16 chunks share one base. The packer takes
+//            the lowest column any row of the group still has, rounds it down to 64 (aligned
+//            windows), and gives each row up to 4 of its next kept weights below base +
+//            kElemSpan. Rows advance independently, so a step is ~80% full at 90% sparsity.
+//            values int8 [chunks * 4], rel uint8 [chunks * 4]: column = 4 * base[step] + rel;
+//            base uint16 [chunks / 16], one per step; row_offsets int32 [N + 1]: row_offsets[n] =
+//            first chunk of the group holding row n (all rows of a group share it; a multiple
+//            of 16), row_offsets[N] = chunks, so group g owns chunks [row_offsets[16g],
+//            row_offsets[min(16g + 16, N)]), step by step.
+//   "quad"   one group of 4 consecutive columns per entry (1x4 / 1x16 blocks, and any pattern
+//            whose kept weights cluster in groups of 4), chunks of 16 entries: values int8
+//            [chunks * 16 * 4], the 4 weights of the group; rel uint8 [chunks * 16]; first
+//            column of entry e of chunk c = 4 * (base[c] + rel[e]); base uint16 [chunks]; row n
+//            owns chunks [row_offsets[n], row_offsets[n + 1]). The packer starts a chunk when it
+//            is full or the next group is further than 255 groups from its base (a multiple of
+//            16).
+// Bytes per kept weight at 90% unstructured (elem16): (1 value + 1 rel) / fill + base = ~2.5.
+// Positions alone carry H(0.1) / 0.1 = 4.7 bits per kept weight, so no byte-valued format of
+// random 90% masks gets below ~1.6 bytes; the steps trade some fill for a kernel that does 64
+// products per lookup, and lanes that are rows (no reductions).
 //
-// Why entries are groups of 4 columns: vpdpbusd multiplies 4 u8 activations by 4 s8 weights and
-// sums them into one int32 lane. A quad entry feeds it 4 weights at once; an elem entry feeds
-// it a weight in one byte position and zeros in the other three (its dword is the weight
-// zero-extended, shifted to the byte of its column), so one instruction serves both formats.
+// vpdpbusd multiplies 4 u8 activations by 4 s8 weights and sums them into one int32 lane: a
+// quad entry feeds it 4 weights at once, an elem16 row chunk its 4 entries.
 //
 // Activations are quantized per token exactly as for Int8Linear (int8_gemm_kernels.h): rows of
 // stride Kp = round_up(K, 4), u8 (q + 128) for AVX-512 VNNI, s8 q for AVX2 and scalar. With u8
 // activations the kernel also sums each row's weights (one vpdpbusd with ones per chunk) and
 // subtracts 128 * sum, so no precomputed correction has to stay consistent with the values.
 //
-// AVX-512 kernels. Few tokens (M <= 2): "window" kernels, per token and chunk: a chunk spans at
-// most 256 columns (elem) / groups (quad) from its cache-line aligned base, so the activations
-// there are loaded (4 / 16 zmm from L1) and used as a lookup table (vpermt2b / vpermt2d), the
-// picked activations multiplied with the chunk's weights by one vpdpbusd; without AVX512_VBMI
-// elem falls back to a vpgatherdd. More tokens: "panel" kernels with tokens along the vector:
-// activations transposed into panels of P = 16/32/64 tokens (bytes per column for elem, dwords
-// per group for quad); per 4 elem entries one vpermb/unpack interleave and one vpdpbusd per 16
-// tokens, per quad entry one broadcast weight dword and one vpdpbusd per 16 tokens. AVX2 and
-// scalar use per-token gathers / loops for every batch size.
+// AVX-512 kernels. "Window" kernels, per token: an elem16 step (quad chunk) spans at most
+// kElemSpan columns (256 groups) from its cache-line aligned base, so the activations there are
+// loaded (2 / 16 zmm from L1) and used as a lookup table (vpermt2b / vpermt2d) that picks the
+// entries' activations, multiplied with the weights by one vpdpbusd: for elem16 64 entries of
+// 16 rows per lookup, for every M; for quad 16 entries, M <= 2. Without AVX512_VBMI elem16
+// uses vpgatherdd per token below 3 tokens. More tokens: "panel" kernels
+// with tokens along the vector: activations transposed into panels of P tokens (elem16: bytes
+// per column, P = 64; quad: dwords per group, P = 16/32/64): per elem16 row chunk one unpack
+// interleave and one vpdpbusd per 16 tokens, per quad entry one broadcast weight dword and one
+// vpdpbusd per 16 tokens. AVX2 and scalar use per-token gathers / loops for every batch size.
 //
-// Bounds. The op checks row_offsets (monotone, inside the chunk arrays) and every base
+// Bounds. The op checks row_offsets (monotone, from 0 to the number of chunks) and every base
 // (4 * base < K) before a kernel runs, and the activation buffers carry kSlackBytes of slack
 // past their end, so a chunk's furthest entry (base + 255) is always inside the buffer even if
 // rel holds garbage: wrong rel values give wrong numbers, never an out-of-bounds read.
@@ -51,10 +59,14 @@
 
 namespace scalenn::cpu {
 
-enum class SparseInt8Format : int { elem = 0, quad = 1 };
+enum class SparseInt8Format : int { elem16 = 0, quad = 1 };
 
-constexpr int64_t kEntriesPerChunk = 16;
+constexpr int64_t kEntriesPerChunk = 16;  // quad
 constexpr int64_t kMaxRel = 255;
+constexpr int64_t kElemRows = 16;   // elem16: rows per group = chunks per step
+constexpr int64_t kElemSlots = 4;   // elem16: entries per chunk (a row's share of a step)
+constexpr int64_t kElemStep = kElemRows * kElemSlots;
+constexpr int64_t kElemSpan = 128;  // elem16: columns a step spans (one 128-byte vpermt2b table)
 
 struct SparseInt8Weight {
   SparseInt8Format format;
@@ -65,17 +77,28 @@ struct SparseInt8Weight {
   const int32_t* row_offsets = nullptr;
 
   int64_t entry_bytes() const { return format == SparseInt8Format::quad ? 4 : 1; }
+  int64_t chunk_entries() const { return format == SparseInt8Format::quad ? kEntriesPerChunk : kElemSlots; }
+  // Output rows per packing block (a quad row or an elem16 group) = chunks per base entry.
+  int64_t block_rows() const { return format == SparseInt8Format::quad ? 1 : kElemRows; }
+  int64_t chunks_per_base() const { return block_rows(); }
 };
 
 // Bytes past the end of an activation buffer (row-major or panel) the kernels may touch.
 constexpr int64_t kSlackBytes = 4 * (kMaxRel + 1) + 64;
 
-// ---- packing (w_int8 row-major [N, K], entries = its nonzeros / nonzero groups) ----
-// Chunks row n needs.
-int64_t sparse_int8_row_chunks(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n);
-// Writes row n's chunks starting at chunk `first`.
-void sparse_int8_pack_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_t n,
-                          int64_t first, int8_t* values, uint8_t* rel, uint16_t* base);
+// ---- packing (w_int8 row-major [N, K]; entries = its nonzeros / nonzero groups) ----
+// Rows per packing block: 1 (quad) or kElemRows (elem16). Block b = rows [b * R, b * R + R).
+int64_t sparse_int8_block_rows(SparseInt8Format f);
+// Chunks block b needs.
+int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K,
+                                 int64_t b);
+// Writes block b's chunks starting at chunk `first` (a multiple of 16 for elem16); base entries
+// start at first / chunks-per-base.
+void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K, int64_t b,
+                            int64_t first, int8_t* values, uint8_t* rel, uint16_t* base);
+
+// The largest of n chunk bases (the op's bounds check runs it on every call, so it is vectorized).
+uint16_t max_u16(CpuIsa isa, const uint16_t* v, int64_t n);
 
 // ---- compute ----
 // Panel width (tokens per panel) the AVX-512 panel kernels use for M tokens; 0 = per-token
@@ -83,7 +106,7 @@ void sparse_int8_pack_row(SparseInt8Format f, const int8_t* w, int64_t K, int64_
 int64_t sparse_int8_panel_width(CpuIsa isa, SparseInt8Format f, int64_t M);
 
 // Transpose quantized activations a [M, Kp] (from quantize_activations) into panels of P
-// tokens, Kp * P bytes each: quad "dword panels" panel[g][t] = dword g of token p*P + t; elem
+// tokens, Kp * P bytes each: quad "dword panels" panel[g][t] = dword g of token p*P + t; elem16
 // "byte panels" panel[k][t] = byte k of token p*P + t. Tokens >= M are 0x80 (q = 0).
 // Fills panels [p_begin, p_end). Callers add (kMaxRel + 1) * 4 * P bytes of slack.
 void sparse_int8_transpose_panels(SparseInt8Format f, const uint8_t* a, int64_t M, int64_t K,
@@ -100,7 +123,8 @@ struct SparseInt8Problem {
   const float* bias = nullptr;
 };
 
-// Output rows [n_begin, n_end) for every token, single-threaded.
+// Output rows [n_begin, n_end) for every token, single-threaded; for elem16 n_begin is a multiple
+// of 16 and n_end a multiple of 16 or N.
 void sparse_int8_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr,
                       int64_t n_begin, int64_t n_end);
 

@@ -20,9 +20,10 @@ namespace scalenn::cpu {
 namespace {
 
 SparseInt8Format parse_format(c10::string_view format, const char* op) {
-  if (format == "elem") return SparseInt8Format::elem;
+  if (format == "elem16") return SparseInt8Format::elem16;
   if (format == "quad") return SparseInt8Format::quad;
-  TORCH_CHECK_VALUE(false, op, ": format must be 'elem' or 'quad', got '", std::string(format), "'");
+  TORCH_CHECK_VALUE(false, op, ": format must be 'elem16' or 'quad', got '", std::string(format),
+                    "'");
 }
 
 void check_1d(const at::Tensor& t, at::ScalarType st, const std::string& name) {
@@ -50,27 +51,26 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
   TORCH_CHECK_VALUE(K <= kMaxK, op, ": in_features must be <= ", kMaxK, ", got ", K);
   w.N = row_offsets.numel() - 1;
   w.K = K;
-  const int64_t chunks = base.numel();
-  TORCH_CHECK_VALUE(rel.numel() == chunks * kEntriesPerChunk &&
-                        values.numel() == chunks * kEntriesPerChunk * w.entry_bytes(),
-                    op, ": for ", chunks, " chunks of the '", std::string(format), "' format rel must have ",
-                    chunks * kEntriesPerChunk, " entries and values ",
-                    chunks * kEntriesPerChunk * w.entry_bytes(), ", got ", rel.numel(), " and ",
-                    values.numel());
+  const int64_t chunks = base.numel() * w.chunks_per_base();
+  const int64_t entries = chunks * w.chunk_entries();
+  TORCH_CHECK_VALUE(rel.numel() == entries && values.numel() == entries * w.entry_bytes(), op,
+                    ": for ", base.numel(), " bases of the '", std::string(format),
+                    "' format rel must have ", entries, " entries and values ",
+                    entries * w.entry_bytes(), ", got ", rel.numel(), " and ", values.numel());
   const int32_t* ro = row_offsets.data_ptr<int32_t>();
   bool ok = ro[0] == 0 && ro[w.N] == chunks;
-  for (int64_t n = 0; ok && n < w.N; ++n) ok = ro[n] <= ro[n + 1];
+  for (int64_t n = 0; n < w.N; ++n) ok &= ro[n] <= ro[n + 1];  // branch-free: vectorizes
   TORCH_CHECK_VALUE(ok, op, ": row_offsets must start at 0, never decrease and end at the number "
                     "of chunks (", chunks, ")");
   const uint16_t* b = reinterpret_cast<const uint16_t*>(base.data_ptr<int16_t>());
   const int64_t limit = packed_k(K);
-  // This runs on every call: a branch-free max (vectorized) first, the offending chunk only
-  // when it fails (a checked loop cost ~15% of a batch-1 call at 4096 x 4096, 90% sparse).
-  uint16_t highest = 0;
-  for (int64_t c = 0; c < chunks; ++c) highest = std::max(highest, b[c]);
-  if (chunks > 0 && 4 * int64_t(highest) >= limit) {
-    const int64_t c = std::find(b, b + chunks, highest) - b;
-    TORCH_CHECK_VALUE(false, op, ": chunk ", c, " starts at column ", 4 * int64_t(b[c]),
+  // This runs on every call: an AVX max first, the offending chunk only when it fails (a
+  // checked loop cost ~15% of a batch-1 call at 4096 x 4096, 90% sparse; a plain max loop,
+  // SSE2 only, still ~8%).
+  const uint16_t highest = max_u16(current_isa(), b, base.numel());
+  if (base.numel() > 0 && 4 * int64_t(highest) >= limit) {
+    const int64_t c = std::find(b, b + base.numel(), highest) - b;
+    TORCH_CHECK_VALUE(false, op, ": base ", c, " starts at column ", 4 * int64_t(b[c]),
                       ", outside in_features = ", K);
   }
   w.values = values.data_ptr<int8_t>();
@@ -85,13 +85,14 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
 void run_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr) {
   if (pr.M == 0 || w.N == 0) return;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t pieces = std::min<int64_t>(w.N, 4 * threads);
+  const int64_t R = w.block_rows();  // pieces start on a whole elem16 group
+  const int64_t pieces = std::min<int64_t>((w.N + R - 1) / R, 4 * threads);
   const int64_t total = w.row_offsets[w.N] + w.N;
   std::vector<int64_t> start(pieces + 1, w.N);
   for (int64_t i = 0, n = 0; i < pieces; ++i) {
     const int64_t target = total * i / pieces;
-    while (n < w.N && w.row_offsets[n] + n < target) ++n;
-    start[i] = n;
+    while (n < w.N && w.row_offsets[n] + n < target) n += R;
+    start[i] = std::min(n, w.N);
   }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, pieces), 1, [&](int64_t, int64_t) {
@@ -114,29 +115,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_int8_pack_cpu(
                       "[-127, 127] (as quantize_per_row produces), got a value ", lowest);
   }
   const int8_t* src = wc.data_ptr<int8_t>();
-  at::Tensor row_offsets = at::empty({N + 1}, wc.options().dtype(at::kInt));
-  std::vector<int64_t> counts(N);
-  at::parallel_for(0, N, 16, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) counts[n] = sparse_int8_row_chunks(f, src, K, n);
+  // Blocks: rows (quad) or groups of 16 rows (elem16); counted in parallel, then filled.
+  const int64_t R = sparse_int8_block_rows(f), blocks = (N + R - 1) / R;
+  std::vector<int64_t> first(blocks + 1, 0);
+  at::parallel_for(0, blocks, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) first[i + 1] = sparse_int8_block_chunks(f, src, N, K, i);
   });
-  int32_t* ro = row_offsets.data_ptr<int32_t>();
-  int64_t chunks = 0;
-  ro[0] = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    chunks += counts[n];
-    TORCH_CHECK_VALUE(chunks * kEntriesPerChunk * 4 < (int64_t(1) << 31),
+  for (int64_t i = 0; i < blocks; ++i) {
+    first[i + 1] += first[i];
+    TORCH_CHECK_VALUE(first[i + 1] * kEntriesPerChunk * 4 < (int64_t(1) << 31),
                       "sparse_int8_pack: too many entries for int32 offsets");
-    ro[n + 1] = static_cast<int32_t>(chunks);
   }
-  const int64_t eb = f == SparseInt8Format::quad ? 4 : 1;
-  at::Tensor values = at::empty({chunks * kEntriesPerChunk * eb}, wc.options());
-  at::Tensor rel = at::empty({chunks * kEntriesPerChunk}, wc.options().dtype(at::kByte));
-  at::Tensor base = at::empty({chunks}, wc.options().dtype(at::kShort));
+  const int64_t chunks = first[blocks];
+  at::Tensor row_offsets = at::empty({N + 1}, wc.options().dtype(at::kInt));
+  int32_t* ro = row_offsets.data_ptr<int32_t>();
+  for (int64_t n = 0; n < N; ++n) ro[n] = static_cast<int32_t>(first[n / R]);
+  ro[N] = static_cast<int32_t>(chunks);
+  const bool quad = f == SparseInt8Format::quad;
+  const int64_t entries = chunks * (quad ? kEntriesPerChunk : kElemSlots);
+  at::Tensor values = at::empty({entries * (quad ? 4 : 1)}, wc.options());
+  at::Tensor rel = at::empty({entries}, wc.options().dtype(at::kByte));
+  at::Tensor base = at::empty({chunks / R}, wc.options().dtype(at::kShort));
   int8_t* vp = values.data_ptr<int8_t>();
   uint8_t* rp = rel.data_ptr<uint8_t>();
   uint16_t* bp = reinterpret_cast<uint16_t*>(base.data_ptr<int16_t>());
-  at::parallel_for(0, N, 16, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) sparse_int8_pack_row(f, src, K, n, ro[n], vp, rp, bp);
+  at::parallel_for(0, blocks, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) sparse_int8_pack_block(f, src, N, K, i, first[i], vp, rp, bp);
   });
   return {values, rel, base, row_offsets};
 }

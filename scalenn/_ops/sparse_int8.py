@@ -12,7 +12,8 @@ Contracts (schemas in csrc/ops.cpp, format in csrc/cpu/sparse_int8_kernels.h):
 """
 import torch
 
-from ..compress.sparse_int8_format import PackedSparseInt8, unpack
+from ..compress.sparse_int8_format import (PackedSparseInt8, chunk_entries, chunks_per_base,
+                                             unpack)
 from .quantize import quantize_per_row_reference
 
 
@@ -34,11 +35,12 @@ def sparse_int8_linear_reference(x, values, rel, base, row_offsets, w_scale, bia
 @torch.library.register_fake("scalenn::sparse_int8_pack")
 def _pack_fake(w_int8, format):
     torch._check(w_int8.dim() == 2, lambda: "sparse_int8_pack: w_int8 must be 2-D")
-    chunks = torch.library.get_ctx().new_dynamic_size()
+    bases = torch.library.get_ctx().new_dynamic_size()
+    entries = bases * chunks_per_base(format) * chunk_entries(format)
     width = 4 if format == "quad" else 1
-    return (w_int8.new_empty((chunks * 16 * width,)),
-            w_int8.new_empty((chunks * 16,), dtype=torch.uint8),
-            w_int8.new_empty((chunks,), dtype=torch.int16),
+    return (w_int8.new_empty((entries * width,)),
+            w_int8.new_empty((entries,), dtype=torch.uint8),
+            w_int8.new_empty((bases,), dtype=torch.int16),
             w_int8.new_empty((w_int8.shape[0] + 1,), dtype=torch.int32))
 
 

@@ -1,9 +1,11 @@
-"""The packed format of SparseInt8Linear (pruned int8 weights): chunks of 16 entries with 8-bit
-indices relative to a 16-bit chunk base. Layout and kernels: csrc/cpu/sparse_int8_kernels.h.
+"""The packed format of SparseInt8Linear (pruned int8 weights): chunks of entries of one row
+with 8-bit indices relative to a 16-bit base. Layout and kernels: csrc/cpu/sparse_int8_kernels.h.
 
-  "elem"  one kept weight per entry (unstructured pruning): ~2.2 bytes per kept weight at 90%
-  "quad"  one group of 4 consecutive columns per entry (1x4 / 1x16 blocks, and 2:4): 4 value
-          bytes + ~1.1 index bytes per group
+  "elem16" one kept weight per entry (unstructured pruning); rows in groups of 16 that advance
+           in steps of 64 entries (a chunk of 4 per row) sharing a base: ~2.5 bytes per kept
+           weight at 90%
+  "quad"   one group of 4 consecutive columns per entry (1x4 / 1x16 blocks), chunks of 16:
+           4 value bytes + ~1.1 index bytes per group
 
 `choose_format` picks the one with fewer bytes for a given weight; `pack` calls the C++ packer;
 `unpack` and `entry_columns` are the plain-PyTorch inverse (references, to_dense, backward);
@@ -13,21 +15,34 @@ from typing import NamedTuple
 
 import torch
 
-FORMATS = ("elem", "quad")
-ENTRIES_PER_CHUNK = 16
+FORMATS = ("elem16", "quad")
+GROUP_ROWS = 16  # elem16: rows per group = chunks per step (one base per step)
+
+
+def chunk_entries(format: str) -> int:
+    """Entries per chunk: 4 (elem16: a row's share of a step) or 16 (quad)."""
+    return 4 if format == "elem16" else 16
 
 
 class PackedSparseInt8(NamedTuple):
-    values: torch.Tensor       # int8 [chunks * 16 * (1 | 4)]
-    rel: torch.Tensor          # uint8 [chunks * 16]
-    base: torch.Tensor         # int16 (read as uint16) [chunks], in units of 4 columns
-    row_offsets: torch.Tensor  # int32 [out_features + 1], in chunks
+    values: torch.Tensor       # int8 [entries (elem16) | entries * 4 (quad)]
+    rel: torch.Tensor          # uint8 [entries], entries = chunks * chunk_entries(format)
+    base: torch.Tensor         # int16 (read as uint16) [chunks] (quad) or [chunks / 16] (elem16)
+    row_offsets: torch.Tensor  # int32 [out_features + 1], in chunks (see chunk_rows)
     format: str
 
 
-def _check_format(format: str) -> None:
+def check_format(format: str) -> None:
+    if format == "elem":
+        raise ValueError("sparse int8 format 'elem' (one row per chunk run) was replaced by "
+                         "'elem16' (rows in groups of 16 sharing each window); re-create the "
+                         "layer from its dense or int8 weight")
     if format not in FORMATS:
         raise ValueError(f"sparse int8 format must be one of {FORMATS}, got {format!r}")
+
+
+def chunks_per_base(format: str) -> int:
+    return GROUP_ROWS if format == "elem16" else 1
 
 
 def _check_w_int8(w_int8: torch.Tensor) -> None:
@@ -40,20 +55,22 @@ def _check_w_int8(w_int8: torch.Tensor) -> None:
 
 
 def estimated_bytes(w_int8: torch.Tensor, format: str) -> int:
-    """Bytes `pack(w_int8, format)` will take, within the chunk padding (no packing done)."""
+    """A lower bound on the bytes `pack(w_int8, format)` takes (no packing done): quad chunks
+    of 16 groups per row; elem16 as many steps per group as its fullest row needs, ignoring
+    the windows."""
     _check_w_int8(w_int8)
-    _check_format(format)
+    check_format(format)
     n, k = w_int8.shape
-    if format == "elem":
-        entries = (w_int8 != 0).sum(dim=1)
-        per_entry = 2
-    else:
-        k4 = (k + 3) // 4 * 4
-        padded = torch.nn.functional.pad(w_int8 != 0, (0, k4 - k))
-        entries = padded.view(n, k4 // 4, 4).any(dim=2).sum(dim=1)
-        per_entry = 5
-    chunks = int(((entries + ENTRIES_PER_CHUNK - 1) // ENTRIES_PER_CHUNK).sum())
-    return chunks * (ENTRIES_PER_CHUNK * per_entry + 2) + 4 * (n + 1)
+    if format == "elem16":
+        counts = (w_int8 != 0).sum(dim=1)
+        counts = torch.nn.functional.pad(counts, (0, -n % GROUP_ROWS)).view(-1, GROUP_ROWS)
+        steps = int(((counts.amax(dim=1) + 3) // 4).sum())
+        return steps * (GROUP_ROWS * 4 * 2 + 2) + 4 * (n + 1)
+    k4 = (k + 3) // 4 * 4
+    padded = torch.nn.functional.pad(w_int8 != 0, (0, k4 - k))
+    entries = padded.view(n, k4 // 4, 4).any(dim=2).sum(dim=1)
+    chunks = int(((entries + 15) // 16).sum())
+    return chunks * (16 * 5 + 2) + 4 * (n + 1)
 
 
 def choose_format(w_int8: torch.Tensor) -> str:
@@ -64,43 +81,56 @@ def choose_format(w_int8: torch.Tensor) -> str:
 def pack(w_int8: torch.Tensor, format: str) -> PackedSparseInt8:
     """Pack the nonzeros of a symmetric int8 weight [N, K] (values in [-127, 127])."""
     _check_w_int8(w_int8)
-    _check_format(format)
+    check_format(format)
     values, rel, base, row_offsets = torch.ops.scalenn.sparse_int8_pack(w_int8.cpu(), format)
     return PackedSparseInt8(values, rel, base, row_offsets, format)
 
 
-def _chunk_rows(row_offsets: torch.Tensor, chunks: int) -> torch.Tensor:
-    counts = (row_offsets[1:] - row_offsets[:-1]).to(torch.int64)
-    return torch.repeat_interleave(torch.arange(counts.numel(), device=row_offsets.device),
-                                   counts, output_size=chunks)
+def chunk_rows(row_offsets: torch.Tensor, chunks: int, format: str) -> torch.Tensor:
+    """[chunks] int64: the output row of each chunk. quad: row n owns chunks [row_offsets[n],
+    row_offsets[n + 1]). elem16: group g (rows 16g..16g+15) owns chunks [row_offsets[16g],
+    row_offsets[min(16g + 16, N)]), chunk i of it belongs to row 16g + i % 16."""
+    n = row_offsets.numel() - 1
+    if format == "quad":
+        counts = (row_offsets[1:] - row_offsets[:-1]).to(torch.int64)
+        return torch.repeat_interleave(torch.arange(n, device=row_offsets.device), counts,
+                                       output_size=chunks)
+    bounds = torch.cat([row_offsets[:-1:GROUP_ROWS], row_offsets[-1:]]).to(torch.int64)
+    groups = torch.repeat_interleave(torch.arange(bounds.numel() - 1, device=row_offsets.device),
+                                     bounds[1:] - bounds[:-1], output_size=chunks)
+    within = torch.arange(chunks, device=row_offsets.device) - bounds[groups]
+    return GROUP_ROWS * groups + within % GROUP_ROWS
 
 
 def entry_columns(rel: torch.Tensor, base: torch.Tensor, format: str) -> torch.Tensor:
-    """[chunks, 16] int64: each entry's column (elem) or first column of its group (quad)."""
-    b = base.to(torch.int64) & 0xFFFF
-    r = rel.to(torch.int64).view(-1, ENTRIES_PER_CHUNK)
-    return 4 * b[:, None] + r if format == "elem" else 4 * (b[:, None] + r)
+    """[chunks, chunk_entries] int64: each entry's column (elem16) or first column of its group
+    (quad)."""
+    b = (base.to(torch.int64) & 0xFFFF).repeat_interleave(chunks_per_base(format))
+    r = rel.to(torch.int64).view(-1, chunk_entries(format))
+    return 4 * b[:, None] + r if format == "elem16" else 4 * (b[:, None] + r)
 
 
 def unpack(packed: PackedSparseInt8, in_features: int) -> torch.Tensor:
     """The dense int8 weight [out_features, in_features]."""
     values, rel, base, row_offsets, format = packed
-    n, chunks = row_offsets.numel() - 1, base.numel()
+    e = chunk_entries(format)
+    n, chunks = row_offsets.numel() - 1, rel.numel() // e
     width = (in_features + 3) // 4 * 4 + 4 * 256  # entries may point past K (zero weights)
-    dense = torch.zeros(n, width, dtype=torch.int8, device=values.device)
-    rows = _chunk_rows(row_offsets, chunks)[:, None].expand(chunks, ENTRIES_PER_CHUNK)
+    # elem16's last group may have rows >= n (all padding): spare rows absorb them.
+    dense = torch.zeros(n + GROUP_ROWS, width, dtype=torch.int8, device=values.device)
+    rows = chunk_rows(row_offsets, chunks, format)[:, None].expand(chunks, e)
     cols = entry_columns(rel, base, format)
-    if format == "elem":
+    if format == "elem16":
         # Padding entries (weight 0) may share a column with a real one: write the nonzeros only.
-        v = values.view(chunks, ENTRIES_PER_CHUNK)
+        v = values.view(chunks, e)
         keep = v != 0
         dense.index_put_((rows[keep], cols[keep]), v[keep])
     else:
-        v = values.view(chunks, ENTRIES_PER_CHUNK, 4)
+        v = values.view(chunks, e, 4)
         for j in range(4):
             keep = v[..., j] != 0
             dense.index_put_((rows[keep], cols[keep] + j), v[..., j][keep])
-    return dense[:, :in_features].contiguous()
+    return dense[:n, :in_features].contiguous()
 
 
 def stored_bytes(packed: PackedSparseInt8) -> int:
@@ -111,18 +141,20 @@ def check(packed: PackedSparseInt8, out_features: int, in_features: int) -> None
     """Full validation (dtypes, sizes, offsets, every entry inside the weight, values in
     [-127, 127]); raises TypeError/ValueError naming what is wrong."""
     values, rel, base, row_offsets, format = packed
-    _check_format(format)
+    check_format(format)
     for name, t, dtype in (("values", values, torch.int8), ("rel", rel, torch.uint8),
                            ("base", base, torch.int16), ("row_offsets", row_offsets, torch.int32)):
         if t.dtype != dtype:
             raise TypeError(f"sparse int8 {name} must be {dtype}, got {t.dtype}")
         if t.dim() != 1:
             raise ValueError(f"sparse int8 {name} must be 1-D, got shape {tuple(t.shape)}")
-    chunks = base.numel()
-    eb = 1 if format == "elem" else 4
-    if rel.numel() != chunks * ENTRIES_PER_CHUNK or values.numel() != chunks * ENTRIES_PER_CHUNK * eb:
-        raise ValueError(f"{chunks} chunks need rel [{chunks * ENTRIES_PER_CHUNK}] and values "
-                         f"[{chunks * ENTRIES_PER_CHUNK * eb}], got {rel.numel()} and {values.numel()}")
+    eb = 1 if format == "elem16" else 4
+    e = chunk_entries(format)
+    chunks = base.numel() * chunks_per_base(format)
+    if rel.numel() != chunks * e or values.numel() != chunks * e * eb:
+        raise ValueError(f"{base.numel()} bases of the {format!r} format need rel "
+                         f"[{chunks * e}] and values [{chunks * e * eb}], got {rel.numel()} and "
+                         f"{values.numel()}")
     if row_offsets.numel() != out_features + 1:
         raise ValueError(f"row_offsets must have out_features + 1 = {out_features + 1} entries, "
                          f"got {row_offsets.numel()}")
@@ -130,11 +162,16 @@ def check(packed: PackedSparseInt8, out_features: int, in_features: int) -> None
             bool((row_offsets[1:] < row_offsets[:-1]).any()):
         raise ValueError(f"row_offsets must start at 0, never decrease and end at the number of "
                          f"chunks ({chunks})")
+    if format == "elem16":
+        heads = row_offsets[:-1:GROUP_ROWS].repeat_interleave(GROUP_ROWS)[:out_features]
+        if bool((row_offsets[:-1] != heads).any()) or bool((row_offsets % GROUP_ROWS != 0).any()):
+            raise ValueError(f"elem16 row_offsets must give the {GROUP_ROWS} rows of a group the "
+                             f"same first chunk, a multiple of {GROUP_ROWS}")
     if chunks:
         last = entry_columns(rel, base, format) + (eb - 1)
         # Padding entries (zero weights) may point anywhere in the chunk's window; real ones
         # must lie inside the weight.
-        nonzero = values.view(chunks, ENTRIES_PER_CHUNK, eb).ne(0).any(dim=2)
+        nonzero = values.view(chunks, e, eb).ne(0).any(dim=2)
         if bool((4 * (base.to(torch.int64) & 0xFFFF) >= (in_features + 3) // 4 * 4).any()) or \
                 bool((last - (eb - 1) >= in_features)[nonzero].any()):
             raise ValueError(f"sparse int8 entries point outside in_features = {in_features}")

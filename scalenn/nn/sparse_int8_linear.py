@@ -25,7 +25,7 @@ _FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
 @register_compressed_module
 class SparseInt8Linear(nn.Module):
     """y = x @ W^T + b with a pruned W stored as int8 in the sparse int8 format `format`
-    ("elem": one kept weight per entry; "quad": groups of 4 columns).
+    ("elem16": one kept weight per entry, rows in groups of 16; "quad": groups of 4 columns).
 
     Build one with `from_dense(linear, mask=None)`, `from_sparse(sparse_linear)` or
     `from_int8(int8_linear)`; for a whole model `scalenn.quantize` (on pruned layers) or
@@ -33,23 +33,29 @@ class SparseInt8Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 format: str = "elem", chunks: int = 0, device=None) -> None:
+                 format: str = "elem16", chunks: int = 0, device=None) -> None:
         super().__init__()
         if in_features < 0 or out_features < 0 or chunks < 0:
             raise ValueError(f"SparseInt8Linear: sizes must be >= 0, got in={in_features}, "
                              f"out={out_features}, chunks={chunks}")
-        if format not in fmt.FORMATS:
-            raise ValueError(f"SparseInt8Linear: format must be one of {fmt.FORMATS}, got "
-                             f"{format!r}")
+        try:
+            fmt.check_format(format)
+        except ValueError as e:
+            raise ValueError(f"SparseInt8Linear: {e}") from None
+        if chunks % fmt.chunks_per_base(format):
+            raise ValueError(f"SparseInt8Linear: an {format} layer has a multiple of "
+                             f"{fmt.chunks_per_base(format)} chunks, got {chunks}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.format = format
-        width = 1 if format == "elem" else 4
-        n16 = chunks * fmt.ENTRIES_PER_CHUNK
-        self.register_buffer("values", torch.zeros(n16 * width, dtype=torch.int8, device=device))
-        self.register_buffer("rel", torch.zeros(n16, dtype=torch.uint8, device=device))
-        self.register_buffer("base", torch.zeros(chunks, dtype=torch.int16, device=device))
-        # A valid empty pattern until real data is loaded: the last row owns every chunk.
+        width = 1 if format == "elem16" else 4
+        entries = chunks * fmt.chunk_entries(format)
+        self.register_buffer("values", torch.zeros(entries * width, dtype=torch.int8, device=device))
+        self.register_buffer("rel", torch.zeros(entries, dtype=torch.uint8, device=device))
+        self.register_buffer("base", torch.zeros(chunks // fmt.chunks_per_base(format),
+                                                 dtype=torch.int16, device=device))
+        # A valid empty pattern until real data is loaded: the last row (elem16: its group) owns
+        # every chunk.
         offsets = torch.zeros(out_features + 1, dtype=torch.int32, device=device)
         offsets[-1] = chunks
         self.register_buffer("row_offsets", offsets)
@@ -69,7 +75,8 @@ class SparseInt8Linear(nn.Module):
         format = format or fmt.choose_format(w_int8)
         packed = fmt.pack(w_int8, format)
         n, k = w_int8.shape
-        m = cls(k, n, bias is not None, format, packed.base.numel(), device=w_int8.device)
+        m = cls(k, n, bias is not None, format, packed.rel.numel() // fmt.chunk_entries(format),
+                device=w_int8.device)
         m.values, m.rel, m.base, m.row_offsets = (t.to(w_int8.device) for t in packed[:4])
         with torch.no_grad():
             m.weight_scale.copy_(weight_scale.detach().float())
@@ -172,12 +179,12 @@ class SparseInt8Linear(nn.Module):
     def compression_config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "format": self.format,
-                "chunks": int(self.base.numel())}
+                "chunks": int(self.rel.numel()) // fmt.chunk_entries(self.format)}
 
     @classmethod
     def from_config(cls, config: dict) -> "SparseInt8Linear":
         return cls(int(config["in_features"]), int(config["out_features"]),
-                   bool(config.get("bias", True)), config.get("format", "elem"),
+                   bool(config.get("bias", True)), config.get("format", "elem16"),
                    int(config.get("chunks", 0)))
 
     @staticmethod
