@@ -192,6 +192,13 @@ template <int MT>
 SCALENN_TARGET_AVX512_VBMI inline void elem16_step(const SparseInt8Weight& w, const uint8_t* x0,
                                                    int64_t Kp, int64_t s, __m512i* wsum,
                                                    __m512i (&acc)[MT]) {
+  // Into L2, 64 steps (8 KiB) ahead. 4096 x 4096, 90%, interleaved A/B, 1 thread: M = 4 0.214
+  // -> 0.168 ms, M = 16 0.413 -> 0.357 ms, M = 1 unchanged (the hardware prefetchers alone
+  // left the first token pass over a block of groups waiting on memory); 16 steps ahead was
+  // too late, 128 no better.
+  // (A prefetch past the end of the arrays is harmless: it never faults.)
+  _mm_prefetch(reinterpret_cast<const char*>(w.rel + (s + 64) * kElemStep), _MM_HINT_T1);
+  _mm_prefetch(reinterpret_cast<const char*>(w.values + (s + 64) * kElemStep), _MM_HINT_T1);
   const __m512i idx = _mm512_loadu_si512(w.rel + s * kElemStep);
   const __m512i wv = _mm512_loadu_si512(w.values + s * kElemStep);
   *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wv);
