@@ -33,9 +33,9 @@ void check_1d(const at::Tensor& t, at::ScalarType st, const std::string& name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
 }
 
-// Everything a kernel relies on to stay in bounds, in O(N + chunks): array sizes, monotone
-// row_offsets inside [0, chunks], and every chunk base inside the activation row (4 * base < Kp;
-// rel <= 255 past it is absorbed by the buffers' slack, see sparse_int8_kernels.h).
+// What the loops rely on to stay in bounds, in O(N): array sizes and monotone row_offsets inside
+// [0, chunks]. The bases (4 * base < Kp; rel <= 255 past it is absorbed by the buffers' slack,
+// see sparse_int8_kernels.h) are checked by run_rows, each piece's before its kernel runs.
 SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
                               const at::Tensor& base, const at::Tensor& row_offsets,
                               c10::string_view format, int64_t K, const char* op) {
@@ -63,16 +63,6 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
   TORCH_CHECK_VALUE(ok, op, ": row_offsets must start at 0, never decrease and end at the number "
                     "of chunks (", chunks, ")");
   const uint16_t* b = reinterpret_cast<const uint16_t*>(base.data_ptr<int16_t>());
-  const int64_t limit = packed_k(K);
-  // This runs on every call: an AVX max first, the offending chunk only when it fails (a
-  // checked loop cost ~15% of a batch-1 call at 4096 x 4096, 90% sparse; a plain max loop,
-  // SSE2 only, still ~8%).
-  const uint16_t highest = max_u16(current_isa(), b, base.numel());
-  if (base.numel() > 0 && 4 * int64_t(highest) >= limit) {
-    const int64_t c = std::find(b, b + base.numel(), highest) - b;
-    TORCH_CHECK_VALUE(false, op, ": base ", c, " starts at column ", 4 * int64_t(b[c]),
-                      ", outside in_features = ", K);
-  }
   w.values = values.data_ptr<int8_t>();
   w.rel = rel.data_ptr<uint8_t>();
   w.base = b;
@@ -82,7 +72,11 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
 
 // Output rows are cut into about 4 pieces per thread with equal work (chunks, plus one per row
 // for its epilogue), handed out dynamically as in the dense int8 GEMM (int8_linear_ops.cpp).
-void run_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr) {
+// Each piece's bases are checked (an AVX max) right before its kernel reads them: checked up
+// front, serially, the scan of a cold base array cost ~3% of a batch-1 call at 4096 x 4096, 90%.
+// A piece with a bad base is skipped and the op raises once the threads are done.
+void run_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr,
+              int64_t base_count, const char* op) {
   if (pr.M == 0 || w.N == 0) return;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t R = w.block_rows();  // pieces start on a whole elem16 group
@@ -94,11 +88,27 @@ void run_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr
     while (n < w.N && w.row_offsets[n] + n < target) n += R;
     start[i] = std::min(n, w.N);
   }
+  const int64_t limit = packed_k(w.K), per_base = w.chunks_per_base();
+  std::atomic<bool> bad_base{false};
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, pieces), 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1))
-      if (start[i] < start[i + 1]) sparse_int8_rows(isa, w, pr, start[i], start[i + 1]);
+    for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1)) {
+      if (start[i] >= start[i + 1]) continue;
+      const int64_t b0 = w.row_offsets[start[i]] / per_base;
+      const int64_t b1 = w.row_offsets[start[i + 1]] / per_base;
+      if (b1 > b0 && 4 * int64_t(max_u16(isa, w.base + b0, b1 - b0)) >= limit) {
+        bad_base = true;
+        continue;
+      }
+      sparse_int8_rows(isa, w, pr, start[i], start[i + 1]);
+    }
   });
+  if (bad_base) {
+    const int64_t c = std::find_if(w.base, w.base + base_count,
+                                   [&](uint16_t v) { return 4 * int64_t(v) >= limit; }) - w.base;
+    TORCH_CHECK_VALUE(false, op, ": base ", c, " starts at column ", 4 * int64_t(w.base[c]),
+                      ", outside in_features = ", w.K);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_int8_pack_cpu(
@@ -190,7 +200,7 @@ at::Tensor sparse_int8_gemm_s32_cpu(const at::Tensor& x, const at::Tensor& value
   pr.a = act.data;
   pr.P = act.P;
   pr.out_s32 = out.data_ptr<int32_t>();
-  run_rows(isa, w, pr);
+  run_rows(isa, w, pr, base.numel(), op);
   return out;
 }
 
@@ -236,7 +246,7 @@ at::Tensor sparse_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   pr.row_scale = rs;
   pr.w_scale = w_scale.data_ptr<float>();
   pr.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  run_rows(isa, w, pr);
+  run_rows(isa, w, pr, base.numel(), op);
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
