@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "cpu/weight_memory.h"
 
 #ifndef SCALENN_VERSION
 #define SCALENN_VERSION "0+unknown"
@@ -171,4 +172,7 @@ PYBIND11_MODULE(_C, m) {
         "Allow or forbid AVX512_VBMI kernels (ValueError to allow it on a CPU without it)");
   m.def("set_cpu_isa", &scalenn::set_isa, py::arg("name"),
         "Select the CPU kernel ISA level (avx512, avx2, scalar); ValueError if unsupported");
+  m.def("to_weight_memory", &scalenn::cpu::to_weight_memory, py::arg("tensor"),
+        "A copy of a contiguous CPU tensor on transparent huge pages (Linux), for packed "
+        "weights the kernels stream (cpu/weight_memory.h)");
 }

@@ -209,8 +209,8 @@ def run(args) -> harness.Report:
         "values + indices + row offsets + per-channel scales (its bytes_per_kept_weight); "
         "SparseLinear and torch.sparse fp32 values + indices + offsets (block layouts store "
         "the zeros inside kept blocks too)",
-        "format: SparseInt8Linear's own choice (elem: one weight per entry, quad: groups of 4 "
-        "columns); SparseLinear's layout is scalenn.compress.sparsify.layout_for's for the "
+        "format: SparseInt8Linear's own choice (elem16: one weight per entry, rows in groups "
+        "of 16 sharing each 128-column window; quad: groups of 4 columns); SparseLinear's layout is scalenn.compress.sparsify.layout_for's for the "
         "pattern",
         "torch CSR/BSR: torch.sparse.mm(W, x^T) with int32 indices, no bias and the [N, M] "
         "result not transposed back: a lower bound of a torch.sparse layer; MKL rejects "

@@ -17,7 +17,7 @@ from .. import _C
 from .._ops.int8 import ACTIVATIONS, apply_activation
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import check_int8_device, int8_linear, pack_weight, quantize_weight
-from .layer_helpers import apply_keeping_float32, call_op, dense_linear
+from .layer_helpers import apply_keeping_float32, call_op, dense_linear, weight_memory
 from .registry import register_compressed_module
 
 SCHEMES = ("int8_dynamic", "int8_weight_only", "int8_static")
@@ -111,7 +111,8 @@ class Int8Linear(nn.Module):
             return
         w = self._weight_to_pack()
         if w.device.type == "cpu":
-            self._packed = pack_weight(w)  # bad weights (e.g. -128 from a foreign file) raise
+            # Bad weights (e.g. -128 from a foreign file) raise.
+            self._packed = weight_memory(pack_weight(w))
             return
         try:
             self._packed = pack_weight(w)

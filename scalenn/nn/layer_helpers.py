@@ -1,9 +1,20 @@
 """What the compressed Linear-like layers (Int8Linear, SparseInt8Linear) share: their float32
-state through model-wide dtype casts, the inference fast path of their op call, to_dense."""
+state through model-wide dtype casts, the inference fast path of their op call, huge-page
+memory for a packed weight, to_dense."""
 from typing import Iterable
 
 import torch
 import torch.nn as nn
+
+from .. import _C
+
+def weight_memory(t: torch.Tensor) -> torch.Tensor:
+    """`t` copied onto transparent huge pages when it is a CPU tensor big enough for them (from
+    ~1.8 MiB: a packed weight a batch-1 call streams from memory, csrc/cpu/weight_memory.h);
+    else `t` itself."""
+    if t.device.type != "cpu" or t.numel() * t.element_size() < (1 << 20):
+        return t
+    return _C.to_weight_memory(t.contiguous())
 
 
 def apply_keeping_float32(module: nn.Module, apply, names: Iterable[str]):
