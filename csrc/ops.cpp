@@ -102,17 +102,18 @@ TORCH_LIBRARY(scalenn, m) {
         "SymInt out_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int[2] dilation) -> Tensor");
   // ---- sparse int8 linear (SparseInt8Linear; issue 7) ----
-  // Format ("elem" | "quad") and tensors: csrc/cpu/sparse_int8_kernels.h. out_features is
-  // row_offsets.numel() - 1, in_features is x.size(1).
-  // w_int8 [N, K] int8 in [-127, 127] -> (values int8, rel uint8, base int16, row_offsets int32).
-  m.def("sparse_int8_pack(Tensor w_int8, str format) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Format ("elem16" | "quad") and tensors: csrc/cpu/sparse_int8_kernels.h. out_features is
+  // row_offsets.numel() - 1, in_features is x.size(1); packed row p is output row row_order[p].
+  // w_int8 [N, K] int8 in [-127, 127] -> (values int8, rel uint8, base int16, row_offsets int32,
+  // row_order int32).
+  m.def("sparse_int8_pack(Tensor w_int8, str format) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Exact int32 accumulators x_int8 [M, K] @ W^T (tests, references).
   m.def("sparse_int8_gemm_s32(Tensor x_int8, Tensor values, Tensor rel, Tensor base, "
-        "Tensor row_offsets, str format) -> Tensor");
+        "Tensor row_offsets, Tensor row_order, str format) -> Tensor");
   // x [M, K] float32/bfloat16/float16 quantized per row (the quantize_per_row contract), int32
   // accumulation, y = row_scale[m] * w_scale[n] * acc + bias[n] in x.dtype.
   m.def("sparse_int8_linear(Tensor x, Tensor values, Tensor rel, Tensor base, "
-        "Tensor row_offsets, Tensor w_scale, Tensor? bias, str format) -> Tensor");
+        "Tensor row_offsets, Tensor row_order, Tensor w_scale, Tensor? bias, str format) -> Tensor");
 }
 
 namespace {

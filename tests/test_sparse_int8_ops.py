@@ -74,17 +74,42 @@ def test_chunks_split_at_their_windows():
 
 def test_elem16_rows_advance_independently():
     # Row 0 has 20 entries in the first window, row 5 one at column 299; the other rows none. A
-    # row takes at most 4 entries per step; a group has as many steps as its rows need.
+    # row takes at most 4 entries per step; a group has as many steps as its fullest row needs
+    # (sorting the rows by kept weights would not save a step here: output order is kept).
     w = torch.zeros(6, 300, dtype=torch.int8)
     w[0, :20] = 1
     w[5, 299] = -1
     p = fmt.pack(w, "elem16")
+    assert p.row_order.tolist() == list(range(6))
     assert p.row_offsets.tolist() == [0] * 6 + [6 * 16]
     assert (p.base.long() * 4).tolist() == [0] * 5 + [256]
     steps = p.values.view(6, 16, 4)
     assert steps[:5, 0].eq(1).all() and steps[:5, 1:].eq(0).all()
     assert steps[5, 5].tolist() == [-1, 0, 0, 0] and steps[5, 0].eq(0).all()
     assert torch.equal(fmt.unpack(p, 300), w)
+    assert torch.equal(fmt.pack(w, "quad").row_order, torch.arange(6, dtype=torch.int32))
+
+
+def test_elem16_sorts_rows_of_different_density(isa, vbmi):
+    # Rows of very different density (as magnitude pruning leaves them): in output order most
+    # slots of a group would be padding, so the packer sorts the rows by kept weights and the
+    # kernels scatter each result to its output row.
+    g = torch.Generator().manual_seed(0)
+    density = torch.linspace(0.0, 0.4, 70)[torch.randperm(70, generator=g)]
+    w = torch.randint(1, 128, (70, 1030), dtype=torch.int8, generator=g)
+    w = w * (torch.rand(70, 1030, generator=g) < density[:, None])
+    p = fmt.pack(w, "elem16")
+    assert not torch.equal(p.row_order, torch.arange(70, dtype=torch.int32))
+    fmt.check(p, 70, 1030)
+    assert int((w != 0).sum()) / p.values.numel() > 0.7
+    for M in (1, 5, 70):
+        x = torch.randint(-127, 128, (M, 1030), dtype=torch.int8, generator=g)
+        assert torch.equal(ops.sparse_int8_gemm_s32(x, *p[:5], "elem16"), exact(x, w))
+        xf = torch.randn(M, 1030, generator=g)
+        w_scale, bias = torch.rand(70, generator=g) * 0.01, torch.randn(70, generator=g)
+        y = ops.sparse_int8_linear(xf, *p[:5], w_scale, bias, "elem16")
+        ref = sparse_int8_linear_reference(xf, *p[:5], w_scale, bias, "elem16")
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -93,7 +118,7 @@ def test_gemm_s32_exact(isa, vbmi, format, shape):
     M, N, K, density = shape
     w = pruned_int8(N, K, density, block=4 if format == "quad" else 1)
     x = torch.randint(-128, 128, (M, K), dtype=torch.int8)
-    out = ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:4], format)
+    out = ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:5], format)
     assert out.dtype == torch.int32 and out.shape == (M, N)
     assert torch.equal(out, exact(x, w))
 
@@ -106,7 +131,7 @@ def test_threads_give_identical_results(format, threads):
     try:
         w = pruned_int8(300, 513, 0.1)
         x = torch.randint(-127, 128, (70, 513), dtype=torch.int8)
-        assert torch.equal(ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:4], format),
+        assert torch.equal(ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:5], format),
                            exact(x, w))
     finally:
         torch.set_num_threads(prev)
@@ -119,7 +144,7 @@ def test_largest_k_is_exact(isa, format):
     w[1] = -127
     x = torch.full((2, K), 127, dtype=torch.int8)
     x[1] = -128
-    assert torch.equal(ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:4], format), exact(x, w))
+    assert torch.equal(ops.sparse_int8_gemm_s32(x, *fmt.pack(w, format)[:5], format), exact(x, w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -133,9 +158,9 @@ def test_linear_matches_reference(isa, format, dtype, M):
     w_scale = torch.rand(N) * 0.01
     bias = torch.randn(N)
     for b in (bias, None):
-        y = ops.sparse_int8_linear(x, *packed[:4], w_scale, b, format)
+        y = ops.sparse_int8_linear(x, *packed[:5], w_scale, b, format)
         assert y.dtype == dtype and y.shape == (M, N)
-        ref = sparse_int8_linear_reference(x, *packed[:4], w_scale, b, format)
+        ref = sparse_int8_linear_reference(x, *packed[:5], w_scale, b, format)
         # float32 epilogue vs float64; then the output dtype's rounding
         tol = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
         torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
@@ -147,7 +172,7 @@ def test_nan_row_gives_nan_output_row(isa):
     x = torch.randn(20, 64)
     x[3, 5] = float("nan")
     x[7, 0] = float("inf")
-    y = ops.sparse_int8_linear(x, *packed[:4], torch.ones(20), None, "elem16")
+    y = ops.sparse_int8_linear(x, *packed[:5], torch.ones(20), None, "elem16")
     assert torch.isnan(y[3]).all() and torch.isnan(y[7]).all()
     others = [i for i in range(20) if i not in (3, 7)]
     assert torch.isfinite(y[others]).all()
@@ -158,10 +183,10 @@ def test_opcheck():
     for format in FORMATS:
         packed = fmt.pack(w, format)
         x = torch.randn(9, 70, requires_grad=True)
-        args = (x, *packed[:4], torch.rand(40), torch.randn(40, requires_grad=True), format)
+        args = (x, *packed[:5], torch.rand(40), torch.randn(40, requires_grad=True), format)
         torch.library.opcheck(ops.sparse_int8_linear, args)
         xi = torch.randint(-127, 128, (5, 70), dtype=torch.int8)
-        torch.library.opcheck(ops.sparse_int8_gemm_s32, (xi, *packed[:4], format))
+        torch.library.opcheck(ops.sparse_int8_gemm_s32, (xi, *packed[:5], format))
 
 
 def test_backward_matches_dense_dequantized_weight():
@@ -170,7 +195,7 @@ def test_backward_matches_dense_dequantized_weight():
     w_scale = torch.rand(30) * 0.02
     x = torch.randn(6, 50, requires_grad=True)
     bias = torch.randn(30, requires_grad=True)
-    y = ops.sparse_int8_linear(x, *packed[:4], w_scale, bias, "elem16")
+    y = ops.sparse_int8_linear(x, *packed[:5], w_scale, bias, "elem16")
     g = torch.randn_like(y)
     y.backward(g)
     torch.testing.assert_close(x.grad, g @ (w.float() * w_scale[:, None]))
@@ -180,29 +205,33 @@ def test_backward_matches_dense_dequantized_weight():
 # ------------------------------------------------------------------ bad input
 def test_bad_input_is_a_clear_error():
     w = pruned_int8(8, 32, 0.5)
-    v, r, b, o = fmt.pack(w, "elem16")[:4]
+    v, r, b, o, ro = fmt.pack(w, "elem16")[:5]
     x = torch.randn(2, 32)
     s = torch.ones(8)
     with pytest.raises(TypeError, match="x must be float32"):
-        ops.sparse_int8_linear(x.long(), v, r, b, o, s, None, "elem16")
+        ops.sparse_int8_linear(x.long(), v, r, b, o, ro, s, None, "elem16")
     with pytest.raises(ValueError, match="format must be 'elem16' or 'quad'"):
-        ops.sparse_int8_linear(x, v, r, b, o, s, None, "csr")
+        ops.sparse_int8_linear(x, v, r, b, o, ro, s, None, "csr")
     with pytest.raises(ValueError, match="rel must have"):
-        ops.sparse_int8_linear(x, v, r[:-1], b, o, s, None, "elem16")
+        ops.sparse_int8_linear(x, v, r[:-1], b, o, ro, s, None, "elem16")
     with pytest.raises(ValueError, match="rel must have"):
-        ops.sparse_int8_linear(x, v, r, b, o, s, None, "quad")  # values too short for quad
+        ops.sparse_int8_linear(x, v, r, b, o, ro, s, None, "quad")  # values too short for quad
     with pytest.raises(ValueError, match="row_offsets"):
-        ops.sparse_int8_linear(x, v, r, b, o.flip(0), s, None, "elem16")
+        ops.sparse_int8_linear(x, v, r, b, o.flip(0), ro, s, None, "elem16")
     far = b.clone()
     far[0] = 8  # column 32: outside in_features
     with pytest.raises(ValueError, match="outside in_features"):
-        ops.sparse_int8_linear(x, v, r, far, o, s, None, "elem16")
+        ops.sparse_int8_linear(x, v, r, far, o, ro, s, None, "elem16")
     with pytest.raises(TypeError, match="w_scale must be torch.float32"):
-        ops.sparse_int8_linear(x, v, r, b, o, s.double(), None, "elem16")
+        ops.sparse_int8_linear(x, v, r, b, o, ro, s.double(), None, "elem16")
     with pytest.raises(ValueError, match="bias must have"):
-        ops.sparse_int8_linear(x, v, r, b, o, s, torch.ones(7), "elem16")
+        ops.sparse_int8_linear(x, v, r, b, o, ro, s, torch.ones(7), "elem16")
     with pytest.raises(TypeError, match="rel must be torch.uint8"):
-        ops.sparse_int8_linear(x, v, r.to(torch.int8), b, o, s, None, "elem16")
+        ops.sparse_int8_linear(x, v, r.to(torch.int8), b, o, ro, s, None, "elem16")
+    with pytest.raises(ValueError, match=r"row_order entries must lie in \[0, out_features"):
+        ops.sparse_int8_linear(x, v, r, b, o, ro + 8, s, None, "elem16")
+    with pytest.raises(ValueError, match="row_order must have out_features"):
+        ops.sparse_int8_linear(x, v, r, b, o, ro[:-1], s, None, "elem16")
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
         ops.sparse_int8_pack(torch.full((2, 4), -128, dtype=torch.int8), "elem16")
     with pytest.raises(TypeError, match="w_int8 must be torch.int8"):
@@ -231,3 +260,7 @@ def test_check_rejects_corrupt_packed_tensors():
     split[7] = split[8]  # row 7 no longer starts where its group does
     with pytest.raises(ValueError, match="16 rows of a group the same first chunk"):
         fmt.check(p._replace(row_offsets=split), 8, 40)
+    twice = p.row_order.clone()
+    twice[0] = twice[1]
+    with pytest.raises(ValueError, match="row_order must be a permutation"):
+        fmt.check(p._replace(row_order=twice), 8, 40)

@@ -27,9 +27,8 @@ inline bool group_nonzero(const int8_t* row, int64_t K, int64_t g) {
 // them (starting at chunk `first`): one walk for both passes, so count and fill cannot disagree.
 
 // quad: row n's nonzero groups; a chunk starts on a 16-group boundary and spans <= 256 groups.
-int64_t walk_quad_row(const int8_t* w, int64_t K, int64_t n, int64_t first, int8_t* values,
-                      uint8_t* rel, uint16_t* base) {
-  const int8_t* row = w + n * K;
+int64_t walk_quad_row(const int8_t* row, int64_t K, int64_t first, int8_t* values, uint8_t* rel,
+                      uint16_t* base) {
   int64_t chunks = 0, slot = kChunk, chunk_base = 0;
   auto close_chunk = [&] {  // pad the open chunk with zero-weight entries at rel 0
     if (values == nullptr || chunks == 0) return;
@@ -60,14 +59,15 @@ int64_t walk_quad_row(const int8_t* w, int64_t K, int64_t n, int64_t first, int8
 // elem16: group g's rows advance through their nonzeros independently; each step's base is the
 // lowest next column of any row, rounded down to 64 columns, and each row takes up to
 // kElemSlots of its next nonzeros below base + kElemSpan (see the header).
-int64_t walk_elem16_group(const int8_t* w, int64_t N, int64_t K, int64_t g, int64_t first,
-                          int8_t* values, uint8_t* rel, uint16_t* base) {
+int64_t walk_elem16_group(const int8_t* w, const int32_t* order, int64_t N, int64_t K, int64_t g,
+                          int64_t first, int8_t* values, uint8_t* rel, uint16_t* base) {
+  const int8_t* rows[kElemRows];  // the group's rows of w (nullptr: padding past N)
+  for (int64_t r = 0; r < kElemRows; ++r)
+    rows[r] = kElemRows * g + r < N ? w + int64_t(order[kElemRows * g + r]) * K : nullptr;
   int64_t next[kElemRows];  // next nonzero column of each row (K: none left)
   auto advance = [&](int64_t r, int64_t from) {
-    const int64_t n = kElemRows * g + r;
-    if (n >= N) return K;
-    const int8_t* row = w + n * K;
-    while (from < K && row[from] == 0) ++from;
+    if (rows[r] == nullptr) return K;
+    while (from < K && rows[r][from] == 0) ++from;
     return from;
   };
   for (int64_t r = 0; r < kElemRows; ++r) next[r] = advance(r, 0);
@@ -84,7 +84,7 @@ int64_t walk_elem16_group(const int8_t* w, int64_t N, int64_t K, int64_t g, int6
       for (; slot < kElemSlots && next[r] < end; ++slot) {
         if (values != nullptr) {
           rel[e0 + kElemSlots * r + slot] = static_cast<uint8_t>(next[r] - 4 * step_base);
-          values[e0 + kElemSlots * r + slot] = w[(kElemRows * g + r) * K + next[r]];
+          values[e0 + kElemSlots * r + slot] = rows[r][next[r]];
         }
         next[r] = advance(r, next[r] + 1);
       }
@@ -147,8 +147,10 @@ SCALENN_TARGET_AVX2 uint16_t max_u16_avx2(const uint16_t* v, int64_t n) {
 }
 
 // ============================== AVX-512 VNNI ==============================
+// Result of packed row p for token m.
 inline void write_result(const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t m,
-                         int64_t n, int32_t acc) {
+                         int64_t p, int32_t acc) {
+  const int64_t n = w.row_order[p];
   if (pr.out_s32 != nullptr) {
     pr.out_s32[m * w.N + n] = acc;
     return;
@@ -157,22 +159,51 @@ inline void write_result(const SparseInt8Weight& w, const SparseInt8Problem& pr,
                                  pr.bias ? pr.bias[n] : 0.0f);
 }
 
-// Stores an elem16 group's results for token m: lane r of `sums` = row n0 + r (rows < N), with
-// write_result's epilogue, 16 rows at a time.
+// Where an elem16 group's results go: lane r = packed row p0 + r (rows < N), output row
+// row_order[p0 + r], its weight scale and bias, gathered once per group; `in_order` when those
+// are rows p0..p0+15 themselves (contiguous stores instead of a scatter).
+struct GroupOut {
+  __mmask16 rows;
+  bool in_order;
+  __m512i n;
+  __m512 w_scale, bias;
+};
+
+SCALENN_TARGET_AVX512 inline GroupOut group_out(const SparseInt8Weight& w,
+                                                const SparseInt8Problem& pr, int64_t p0) {
+  GroupOut o;
+  o.rows = static_cast<__mmask16>((1u << std::min<int64_t>(kElemRows, w.N - p0)) - 1);
+  o.n = _mm512_maskz_loadu_epi32(o.rows, w.row_order + p0);
+  const __m512i own = _mm512_add_epi32(
+      _mm512_set1_epi32(static_cast<int32_t>(p0)),
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  o.in_order = _mm512_mask_cmpneq_epi32_mask(o.rows, o.n, own) == 0;
+  o.w_scale = o.bias = _mm512_setzero_ps();
+  if (pr.out_s32 == nullptr) {
+    o.w_scale = _mm512_mask_i32gather_ps(o.w_scale, o.rows, o.n, pr.w_scale, 4);
+    if (pr.bias) o.bias = _mm512_mask_i32gather_ps(o.bias, o.rows, o.n, pr.bias, 4);
+  }
+  return o;
+}
+
+// Token m's results of the group (lane r = packed row p0 + r) with write_result's epilogue,
+// stored to their output rows.
 SCALENN_TARGET_AVX512 inline void write_group(const SparseInt8Weight& w,
-                                              const SparseInt8Problem& pr, int64_t m, int64_t n0,
-                                              __m512i sums) {
-  const __mmask16 rows =
-      static_cast<__mmask16>((1u << std::min<int64_t>(kElemRows, w.N - n0)) - 1);
+                                              const SparseInt8Problem& pr, const GroupOut& o,
+                                              int64_t m, int64_t p0, __m512i sums) {
   if (pr.out_s32 != nullptr) {
-    _mm512_mask_storeu_epi32(pr.out_s32 + m * w.N + n0, rows, sums);
+    if (o.in_order)
+      _mm512_mask_storeu_epi32(pr.out_s32 + m * w.N + p0, o.rows, sums);
+    else
+      _mm512_mask_i32scatter_epi32(pr.out_s32 + m * w.N, o.rows, o.n, sums, 4);
     return;
   }
-  const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(pr.row_scale[m]),
-                                     _mm512_maskz_loadu_ps(rows, pr.w_scale + n0));
-  const __m512 bias = pr.bias ? _mm512_maskz_loadu_ps(rows, pr.bias + n0) : _mm512_setzero_ps();
-  _mm512_mask_storeu_ps(pr.out + m * w.N + n0, rows,
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, bias));
+  const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(pr.row_scale[m]), o.w_scale);
+  const __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, o.bias);
+  if (o.in_order)
+    _mm512_mask_storeu_ps(pr.out + m * w.N + p0, o.rows, y);
+  else
+    _mm512_mask_i32scatter_ps(pr.out + m * w.N, o.rows, o.n, y, 4);
 }
 
 // Sum of the 4 int32 lanes of each 128-bit lane of v, in that lane's first dword.
@@ -247,9 +278,10 @@ SCALENN_TARGET_AVX512_VBMI void elem16_window_avx512(const SparseInt8Weight& w,
     }
     // u8 activations are q + 128: subtract 128 * (each row's weights).
     const __m512i comp = _mm512_slli_epi32(wsum[0], 7);
+    const GroupOut out = group_out(w, pr, kElemRows * g);
 #pragma GCC unroll 16
     for (int t = 0; t < MT; ++t)
-      write_group(w, pr, m0 + t, kElemRows * g, _mm512_sub_epi32(acc[0][t], comp));
+      write_group(w, pr, out, m0 + t, kElemRows * g, _mm512_sub_epi32(acc[0][t], comp));
   }
 }
 
@@ -310,6 +342,7 @@ SCALENN_TARGET_AVX512 void elem16_gather_avx512(const SparseInt8Weight& w,
               acc[t][q], _mm512_i32gather_epi32(group, pr.a + (m0 + t) * Kp, 4), wd);
       }
     }
+    const GroupOut out = group_out(w, pr, kElemRows * g);
     for (int t = 0; t < MT; ++t) {
       // Lane j of acc[t][q] belongs to row 4q + j / 4: sum each 128-bit lane, then gather the
       // four sums of each q into lanes 4q..4q+3.
@@ -319,7 +352,7 @@ SCALENN_TARGET_AVX512 void elem16_gather_avx512(const SparseInt8Weight& w,
         rows = _mm512_mask_expand_epi32(rows, static_cast<__mmask16>(0xF << (4 * q)),
                                         _mm512_maskz_compress_epi32(0x1111, v));
       }
-      write_group(w, pr, m0 + t, kElemRows * g, rows);
+      write_group(w, pr, out, m0 + t, kElemRows * g, rows);
     }
   }
 }
@@ -665,18 +698,19 @@ uint16_t max_u16(CpuIsa isa, const uint16_t* v, int64_t n) {
 
 int64_t sparse_int8_block_rows(SparseInt8Format f) { return is_quad(f) ? 1 : kElemRows; }
 
-int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K,
-                                 int64_t b) {
-  return is_quad(f) ? walk_quad_row(w, K, b, 0, nullptr, nullptr, nullptr)
-                    : walk_elem16_group(w, N, K, b, 0, nullptr, nullptr, nullptr);
+int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, const int32_t* order,
+                                 int64_t N, int64_t K, int64_t b) {
+  return is_quad(f) ? walk_quad_row(w + int64_t(order[b]) * K, K, 0, nullptr, nullptr, nullptr)
+                    : walk_elem16_group(w, order, N, K, b, 0, nullptr, nullptr, nullptr);
 }
 
-void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K, int64_t b,
-                            int64_t first, int8_t* values, uint8_t* rel, uint16_t* base) {
+void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, const int32_t* order, int64_t N,
+                            int64_t K, int64_t b, int64_t first, int8_t* values, uint8_t* rel,
+                            uint16_t* base) {
   if (is_quad(f))
-    walk_quad_row(w, K, b, first, values, rel, base);
+    walk_quad_row(w + int64_t(order[b]) * K, K, first, values, rel, base);
   else
-    walk_elem16_group(w, N, K, b, first, values, rel, base);
+    walk_elem16_group(w, order, N, K, b, first, values, rel, base);
 }
 
 int64_t sparse_int8_panel_width(CpuIsa isa, SparseInt8Format f, int64_t M) {

@@ -15,7 +15,11 @@
 //            base uint16 [chunks / 16], one per step; row_offsets int32 [N + 1]: row_offsets[n] =
 //            first chunk of the group holding row n (all rows of a group share it; a multiple
 //            of 16), row_offsets[N] = chunks, so group g owns chunks [row_offsets[16g],
-//            row_offsets[min(16g + 16, N)]), step by step.
+//            row_offsets[min(16g + 16, N)]), step by step. Rows here are PACKED rows: the packer
+//            sorts the output rows by kept weights (a group's steps are as many as its fullest
+//            row needs: a pruned CNN classifier with 0-644 kept per row filled 51% of the slots
+//            in output order, 80% sorted), row_order int32 [N] maps packed row p to output row
+//            row_order[p]. quad keeps output order (row_order = 0..N-1).
 //   "quad"   one group of 4 consecutive columns per entry (1x4 / 1x16 blocks, and any pattern
 //            whose kept weights cluster in groups of 4), chunks of 16 entries: values int8
 //            [chunks * 16 * 4], the 4 weights of the group; rel uint8 [chunks * 16]; first
@@ -75,6 +79,7 @@ struct SparseInt8Weight {
   const uint8_t* rel = nullptr;
   const uint16_t* base = nullptr;
   const int32_t* row_offsets = nullptr;
+  const int32_t* row_order = nullptr;  // packed row p -> output row row_order[p] (in [0, N))
 
   int64_t entry_bytes() const { return format == SparseInt8Format::quad ? 4 : 1; }
   int64_t chunk_entries() const { return format == SparseInt8Format::quad ? kEntriesPerChunk : kElemSlots; }
@@ -87,15 +92,17 @@ struct SparseInt8Weight {
 constexpr int64_t kSlackBytes = 4 * (kMaxRel + 1) + 64;
 
 // ---- packing (w_int8 row-major [N, K]; entries = its nonzeros / nonzero groups) ----
-// Rows per packing block: 1 (quad) or kElemRows (elem16). Block b = rows [b * R, b * R + R).
+// Rows per packing block: 1 (quad) or kElemRows (elem16). Block b = packed rows [b * R, b * R +
+// R); packed row p is row order[p] of w.
 int64_t sparse_int8_block_rows(SparseInt8Format f);
 // Chunks block b needs.
-int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K,
-                                 int64_t b);
+int64_t sparse_int8_block_chunks(SparseInt8Format f, const int8_t* w, const int32_t* order,
+                                 int64_t N, int64_t K, int64_t b);
 // Writes block b's chunks starting at chunk `first` (a multiple of 16 for elem16); base entries
 // start at first / chunks-per-base.
-void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, int64_t N, int64_t K, int64_t b,
-                            int64_t first, int8_t* values, uint8_t* rel, uint16_t* base);
+void sparse_int8_pack_block(SparseInt8Format f, const int8_t* w, const int32_t* order, int64_t N,
+                            int64_t K, int64_t b, int64_t first, int8_t* values, uint8_t* rel,
+                            uint16_t* base);
 
 // The largest of n chunk bases (the op's bounds check runs it on every call, so it is vectorized).
 uint16_t max_u16(CpuIsa isa, const uint16_t* v, int64_t n);
@@ -123,7 +130,7 @@ struct SparseInt8Problem {
   const float* bias = nullptr;
 };
 
-// Output rows [n_begin, n_end) for every token, single-threaded; for elem16 n_begin is a multiple
+// Packed rows [n_begin, n_end) for every token, single-threaded; for elem16 n_begin is a multiple
 // of 16 and n_end a multiple of 16 or N.
 void sparse_int8_rows(CpuIsa isa, const SparseInt8Weight& w, const SparseInt8Problem& pr,
                       int64_t n_begin, int64_t n_end);

@@ -29,6 +29,7 @@ class PackedSparseInt8(NamedTuple):
     rel: torch.Tensor          # uint8 [entries], entries = chunks * chunk_entries(format)
     base: torch.Tensor         # int16 (read as uint16) [chunks] (quad) or [chunks / 16] (elem16)
     row_offsets: torch.Tensor  # int32 [out_features + 1], in chunks (see chunk_rows)
+    row_order: torch.Tensor    # int32 [out_features]: packed row p is output row row_order[p]
     format: str
 
 
@@ -61,16 +62,17 @@ def estimated_bytes(w_int8: torch.Tensor, format: str) -> int:
     _check_w_int8(w_int8)
     check_format(format)
     n, k = w_int8.shape
+    offsets_and_order = 4 * (n + 1) + 4 * n
     if format == "elem16":
-        counts = (w_int8 != 0).sum(dim=1)
-        counts = torch.nn.functional.pad(counts, (0, -n % GROUP_ROWS)).view(-1, GROUP_ROWS)
-        steps = int(((counts.amax(dim=1) + 3) // 4).sum())
-        return steps * (GROUP_ROWS * 4 * 2 + 2) + 4 * (n + 1)
+        # Groups of 16 rows in decreasing kept order, as the packer sorts them.
+        counts = (w_int8 != 0).sum(dim=1).sort(descending=True).values
+        steps = int(((counts[::GROUP_ROWS] + 3) // 4).sum())
+        return steps * (GROUP_ROWS * 4 * 2 + 2) + offsets_and_order
     k4 = (k + 3) // 4 * 4
     padded = torch.nn.functional.pad(w_int8 != 0, (0, k4 - k))
     entries = padded.view(n, k4 // 4, 4).any(dim=2).sum(dim=1)
     chunks = int(((entries + 15) // 16).sum())
-    return chunks * (16 * 5 + 2) + 4 * (n + 1)
+    return chunks * (16 * 5 + 2) + offsets_and_order
 
 
 def choose_format(w_int8: torch.Tensor) -> str:
@@ -82,12 +84,11 @@ def pack(w_int8: torch.Tensor, format: str) -> PackedSparseInt8:
     """Pack the nonzeros of a symmetric int8 weight [N, K] (values in [-127, 127])."""
     _check_w_int8(w_int8)
     check_format(format)
-    values, rel, base, row_offsets = torch.ops.scalenn.sparse_int8_pack(w_int8.cpu(), format)
-    return PackedSparseInt8(values, rel, base, row_offsets, format)
+    return PackedSparseInt8(*torch.ops.scalenn.sparse_int8_pack(w_int8.cpu(), format), format)
 
 
 def chunk_rows(row_offsets: torch.Tensor, chunks: int, format: str) -> torch.Tensor:
-    """[chunks] int64: the output row of each chunk. quad: row n owns chunks [row_offsets[n],
+    """[chunks] int64: the packed row of each chunk. quad: row n owns chunks [row_offsets[n],
     row_offsets[n + 1]). elem16: group g (rows 16g..16g+15) owns chunks [row_offsets[16g],
     row_offsets[min(16g + 16, N)]), chunk i of it belongs to row 16g + i % 16."""
     n = row_offsets.numel() - 1
@@ -112,7 +113,7 @@ def entry_columns(rel: torch.Tensor, base: torch.Tensor, format: str) -> torch.T
 
 def unpack(packed: PackedSparseInt8, in_features: int) -> torch.Tensor:
     """The dense int8 weight [out_features, in_features]."""
-    values, rel, base, row_offsets, format = packed
+    values, rel, base, row_offsets, row_order, format = packed
     e = chunk_entries(format)
     n, chunks = row_offsets.numel() - 1, rel.numel() // e
     width = (in_features + 3) // 4 * 4 + 4 * 256  # entries may point past K (zero weights)
@@ -130,20 +131,23 @@ def unpack(packed: PackedSparseInt8, in_features: int) -> torch.Tensor:
         for j in range(4):
             keep = v[..., j] != 0
             dense.index_put_((rows[keep], cols[keep] + j), v[..., j][keep])
-    return dense[:n, :in_features].contiguous()
+    out = torch.empty(n, in_features, dtype=torch.int8, device=values.device)
+    out[row_order.long()] = dense[:n, :in_features]
+    return out
 
 
 def stored_bytes(packed: PackedSparseInt8) -> int:
-    return sum(t.numel() * t.element_size() for t in packed[:4])
+    return sum(t.numel() * t.element_size() for t in packed[:5])
 
 
 def check(packed: PackedSparseInt8, out_features: int, in_features: int) -> None:
     """Full validation (dtypes, sizes, offsets, every entry inside the weight, values in
     [-127, 127]); raises TypeError/ValueError naming what is wrong."""
-    values, rel, base, row_offsets, format = packed
+    values, rel, base, row_offsets, row_order, format = packed
     check_format(format)
     for name, t, dtype in (("values", values, torch.int8), ("rel", rel, torch.uint8),
-                           ("base", base, torch.int16), ("row_offsets", row_offsets, torch.int32)):
+                           ("base", base, torch.int16), ("row_offsets", row_offsets, torch.int32),
+                           ("row_order", row_order, torch.int32)):
         if t.dtype != dtype:
             raise TypeError(f"sparse int8 {name} must be {dtype}, got {t.dtype}")
         if t.dim() != 1:
@@ -162,6 +166,9 @@ def check(packed: PackedSparseInt8, out_features: int, in_features: int) -> None
             bool((row_offsets[1:] < row_offsets[:-1]).any()):
         raise ValueError(f"row_offsets must start at 0, never decrease and end at the number of "
                          f"chunks ({chunks})")
+    if row_order.numel() != out_features or not torch.equal(
+            torch.sort(row_order.long()).values, torch.arange(out_features, device=row_order.device)):
+        raise ValueError(f"row_order must be a permutation of 0..{out_features - 1}")
     if format == "elem16":
         heads = row_offsets[:-1:GROUP_ROWS].repeat_interleave(GROUP_ROWS)[:out_features]
         if bool((row_offsets[:-1] != heads).any()) or bool((row_offsets % GROUP_ROWS != 0).any()):

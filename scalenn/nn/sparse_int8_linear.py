@@ -59,6 +59,8 @@ class SparseInt8Linear(nn.Module):
         offsets = torch.zeros(out_features + 1, dtype=torch.int32, device=device)
         offsets[-1] = chunks
         self.register_buffer("row_offsets", offsets)
+        self.register_buffer("row_order", torch.arange(out_features, dtype=torch.int32,
+                                                       device=device))
         self.register_buffer("weight_scale", torch.zeros(out_features, device=device))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device))
@@ -77,7 +79,8 @@ class SparseInt8Linear(nn.Module):
         n, k = w_int8.shape
         m = cls(k, n, bias is not None, format, packed.rel.numel() // fmt.chunk_entries(format),
                 device=w_int8.device)
-        m.values, m.rel, m.base, m.row_offsets = (t.to(w_int8.device) for t in packed[:4])
+        m.values, m.rel, m.base, m.row_offsets, m.row_order = (t.to(w_int8.device)
+                                                               for t in packed[:5])
         with torch.no_grad():
             m.weight_scale.copy_(weight_scale.detach().float())
             if bias is not None:
@@ -127,7 +130,7 @@ class SparseInt8Linear(nn.Module):
 
     def packed(self) -> fmt.PackedSparseInt8:
         return fmt.PackedSparseInt8(self.values, self.rel, self.base, self.row_offsets,
-                                    self.format)
+                                    self.row_order, self.format)
 
     def weight_int8(self) -> torch.Tensor:
         """The dense int8 weight [out_features, in_features]."""
@@ -153,7 +156,7 @@ class SparseInt8Linear(nn.Module):
 
     @property
     def bytes_per_kept_weight(self) -> float:
-        """Values + indices + row offsets + scales, per nonzero weight."""
+        """Values + indices + row offsets and order + scales, per nonzero weight."""
         total = fmt.stored_bytes(self.packed()) + 4 * self.out_features
         return total / max(1, self.kept)
 
@@ -176,7 +179,8 @@ class SparseInt8Linear(nn.Module):
                                      else x.flatten(0, -2))
         bias = self.bias
         y = call_op(_SPARSE_INT8_LINEAR, (x2, values, b["rel"], b["base"], b["row_offsets"],
-                                          b["weight_scale"], bias, self.format), x, bias)
+                                          b["row_order"], b["weight_scale"], bias, self.format),
+                    x, bias)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     # ---------------------------------------------------------------- registry protocol
