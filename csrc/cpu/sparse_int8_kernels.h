@@ -15,11 +15,11 @@
 //            base uint16 [chunks / 16], one per step; row_offsets int32 [N + 1]: row_offsets[n] =
 //            first chunk of the group holding row n (all rows of a group share it; a multiple
 //            of 16), row_offsets[N] = chunks, so group g owns chunks [row_offsets[16g],
-//            row_offsets[min(16g + 16, N)]), step by step. Rows here are PACKED rows: the packer
-//            sorts the output rows by kept weights (a group's steps are as many as its fullest
-//            row needs: a pruned CNN classifier with 0-644 kept per row filled 51% of the slots
-//            in output order, 80% sorted), row_order int32 [N] maps packed row p to output row
-//            row_order[p]. quad keeps output order (row_order = 0..N-1).
+//            row_offsets[min(16g + 16, N)]), step by step. Rows here are PACKED rows, and
+//            row_order int32 [N] maps packed row p to output row row_order[p]: the packer sorts
+//            the rows by kept weights when that saves >= 5% of the steps (a group has as many
+//            steps as its fullest row needs: a pruned CNN classifier with 0-644 kept per row
+//            filled 51% of the slots in output order, 80% sorted). quad keeps output order.
 //   "quad"   one group of 4 consecutive columns per entry (1x4 / 1x16 blocks, and any pattern
 //            whose kept weights cluster in groups of 4), chunks of 16 entries: values int8
 //            [chunks * 16 * 4], the 4 weights of the group; rel uint8 [chunks * 16]; first
@@ -40,7 +40,8 @@
 // activations the kernel also sums each row's weights (one vpdpbusd with ones per chunk) and
 // subtracts 128 * sum, so no precomputed correction has to stay consistent with the values.
 //
-// AVX-512 kernels. "Window" kernels, per token: an elem16 step (quad chunk) spans at most
+// AVX-512 kernels. "Window" kernels, per token (elem16: in passes of up to 4 tokens over blocks
+// of groups): an elem16 step (quad chunk) spans at most
 // kElemSpan columns (256 groups) from its cache-line aligned base, so the activations there are
 // loaded (2 / 16 zmm from L1) and used as a lookup table (vpermt2b / vpermt2d) that picks the
 // entries' activations, multiplied with the weights by one vpdpbusd: for elem16 64 entries of
@@ -51,8 +52,9 @@
 // interleave and one vpdpbusd per 16 tokens, per quad entry one broadcast weight dword and one
 // vpdpbusd per 16 tokens. AVX2 and scalar use per-token gathers / loops for every batch size.
 //
-// Bounds. The op checks row_offsets (monotone, from 0 to the number of chunks) and every base
-// (4 * base < K) before a kernel runs, and the activation buffers carry kSlackBytes of slack
+// Bounds. The op checks row_offsets (monotone, from 0 to the number of chunks), row_order
+// (inside [0, N)) and, right before a thread runs a piece of rows, that piece's bases
+// (4 * base < K); the activation buffers carry kSlackBytes of slack
 // past their end, so a chunk's furthest entry (base + 255) is always inside the buffer even if
 // rel holds garbage: wrong rel values give wrong numbers, never an out-of-bounds read.
 #pragma once
