@@ -134,6 +134,7 @@ std::vector<std::string> cpu_features() {
   SCALENN_FEATURE("avx512vl")
   SCALENN_FEATURE("avx512dq")
   SCALENN_FEATURE("avx512vnni")
+  SCALENN_FEATURE("avx512vbmi")
   SCALENN_FEATURE("avx512bf16")
   SCALENN_FEATURE("avxvnni")
 #undef SCALENN_FEATURE

@@ -9,6 +9,18 @@ from . import _C
 from ._ops.gpu_backends import gpu_backend
 
 
+def transparent_huge_pages() -> str:
+    """The kernel's THP mode ("always" / "madvise" / "never"), as Int8Linear's packed weight
+    asks for huge pages with madvise (csrc/cpu/weight_memory.h)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return "unavailable (packed weights on regular pages)"
+    used = "used for Int8Linear packed weights" if mode != "never" else "not used"
+    return f"{mode} ({used})"
+
+
 def collect() -> dict:
     build = _C.build_info()
     triton_version = None
@@ -30,8 +42,11 @@ def collect() -> dict:
         "cpu features": " ".join(_C.cpu_features()),
         "cpu isa (detected)": _C.detected_isa(),
         "cpu isa (selected)": _C.current_isa(),
+        "avx512vbmi kernels": "yes (SparseInt8Linear window kernels)"
+        if _C.vbmi_enabled() and _C.current_isa() == "avx512" else "no",
         "SCALENN_CPU_ISA": os.environ.get("SCALENN_CPU_ISA", "(unset)"),
         "threads": torch.get_num_threads(),
+        "transparent huge pages": transparent_huge_pages(),
         "cuda kernels built": "yes" if build["cuda"] else "no",
         "cuda archs": cuda_archs or "-",
         "cuda device available": torch.cuda.is_available(),

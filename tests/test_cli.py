@@ -17,15 +17,18 @@ def run_cli(*args, timeout=600, env=None):
 def test_info_reports_isa_and_build():
     result = run_cli("info")
     assert result.returncode == 0, result.stderr
-    for key in ("cpu isa (selected)", "cuda kernels built", "triton", "threads", "torch"):
+    for key in ("cpu isa (selected)", "cuda kernels built", "triton", "threads", "torch",
+                "avx512vbmi kernels", "transparent huge pages"):
         assert key in result.stdout
 
 
 def test_info_honours_isa_override():
     result = run_cli("info", env=dict(os.environ, SCALENN_CPU_ISA="scalar"))
     assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
     assert any(line.startswith("cpu isa (selected)") and line.split()[-1] == "scalar"
-               for line in result.stdout.splitlines())
+               for line in lines)
+    assert any(line.startswith("avx512vbmi kernels") and line.split()[-1] == "no" for line in lines)
 
 
 def test_bench_quantize_writes_json_md_png(tmp_path):
