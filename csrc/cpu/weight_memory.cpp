@@ -25,8 +25,8 @@ at::Tensor to_weight_memory(const at::Tensor& t) {
   if (mapping == MAP_FAILED) return t;
   const uintptr_t start = (reinterpret_cast<uintptr_t>(mapping) + kHugePage - 1) &
                           ~static_cast<uintptr_t>(kHugePage - 1);
-  madvise(reinterpret_cast<void*>(start), static_cast<size_t>(huge), MADV_HUGEPAGE);  // a hint:
-                                                                                        // refused = 4 KiB pages
+  // A hint: if the kernel refuses it, the copy simply stays on 4 KiB pages.
+  madvise(reinterpret_cast<void*>(start), static_cast<size_t>(huge), MADV_HUGEPAGE);
   void* data = reinterpret_cast<void*>(start);
   std::memcpy(data, t.data_ptr(), static_cast<size_t>(nbytes));
   return at::from_blob(
