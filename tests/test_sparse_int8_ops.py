@@ -123,6 +123,31 @@ def test_gemm_s32_exact(isa, vbmi, format, shape):
     assert torch.equal(out, exact(x, w))
 
 
+def as_step_stream(packed):
+    """elem16 with values and rel as [steps, 64] views of one interleaved array (as
+    SparseInt8Linear keeps them)."""
+    values, rel = fmt.step_views(fmt.step_stream(packed.values, packed.rel))
+    return packed._replace(values=values, rel=rel)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_step_stream_layout_is_exact(isa, vbmi, shape):
+    # Every elem16 kernel (window passes, gathers, panels, AVX2, scalar) on the interleaved
+    # layout: row stride 128 between the steps of rel and of values.
+    M, N, K, density = shape
+    w = pruned_int8(N, K, density)
+    p = as_step_stream(fmt.pack(w, "elem16"))
+    assert p.values.stride() == p.rel.stride() == (128, 1) or p.base.numel() == 0
+    x = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    assert torch.equal(ops.sparse_int8_gemm_s32(x, *p[:5], "elem16"), exact(x, w))
+    assert torch.equal(fmt.unpack(p, K), w)
+    xf = torch.randn(M, K)
+    w_scale, bias = torch.rand(N) * 0.01, torch.randn(N)
+    torch.testing.assert_close(ops.sparse_int8_linear(xf, *p[:5], w_scale, bias, "elem16").double(),
+                               sparse_int8_linear_reference(xf, *p[:5], w_scale, bias, "elem16"),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("format", FORMATS)
 def test_threads_give_identical_results(format, threads):
@@ -187,6 +212,10 @@ def test_opcheck():
         torch.library.opcheck(ops.sparse_int8_linear, args)
         xi = torch.randint(-127, 128, (5, 70), dtype=torch.int8)
         torch.library.opcheck(ops.sparse_int8_gemm_s32, (xi, *packed[:5], format))
+    steps = as_step_stream(fmt.pack(w, "elem16"))
+    x = torch.randn(9, 70, requires_grad=True)
+    torch.library.opcheck(ops.sparse_int8_linear,
+                          (x, *steps[:5], torch.rand(40), torch.randn(40), "elem16"))
 
 
 def test_backward_matches_dense_dequantized_weight():
@@ -232,6 +261,28 @@ def test_bad_input_is_a_clear_error():
         ops.sparse_int8_linear(x, v, r, b, o, ro + 8, s, None, "elem16")
     with pytest.raises(ValueError, match="row_order must have out_features"):
         ops.sparse_int8_linear(x, v, r, b, o, ro[:-1], s, None, "elem16")
+    # The interleaved elem16 layout: [steps, 64] rows the same stride (>= 64) apart.
+    sv, sr = fmt.step_views(fmt.step_stream(v, r))
+    w16 = pruned_int8(40, 300, 0.5)
+    tv, tr = fmt.step_views(fmt.step_stream(*fmt.pack(w16, "elem16")[:2]))
+    tb, to, tro = fmt.pack(w16, "elem16")[2:5]
+    x3 = torch.randn(2, 300)
+    with pytest.raises(ValueError, match="both 2-D"):
+        ops.sparse_int8_linear(x, sv, r, b, o, ro, s, None, "elem16")
+    with pytest.raises(ValueError, match="other formats take 1-D"):
+        ops.sparse_int8_linear(x, sv, sr, b, o, ro, s, None, "quad")
+    with pytest.raises(ValueError, match=r"must be \["):
+        ops.sparse_int8_linear(x3, tv[:-1], tr[:-1], tb, to, tro, torch.ones(40), None, "elem16")
+    with pytest.raises(ValueError, match="same stride"):
+        ops.sparse_int8_linear(x3, tv.contiguous(), tr, tb, to, tro, torch.ones(40), None,
+                               "elem16")
+    overlapping = torch.zeros(tb.numel() * 32 + 64, dtype=torch.uint8).as_strided((tb.numel(), 64), (32, 1))
+    with pytest.raises(ValueError, match="same stride"):
+        ops.sparse_int8_linear(x3, overlapping.view(torch.int8), overlapping, tb, to, tro,
+                               torch.ones(40), None, "elem16")
+    with pytest.raises(TypeError, match="rel must be torch.uint8"):
+        ops.sparse_int8_linear(x3, tv, tr.view(torch.int8), tb, to, tro, torch.ones(40), None,
+                               "elem16")
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
         ops.sparse_int8_pack(torch.full((2, 4), -128, dtype=torch.int8), "elem16")
     with pytest.raises(TypeError, match="w_int8 must be torch.int8"):

@@ -233,10 +233,10 @@ SCALENN_TARGET_AVX512_VBMI inline void elem16_step(const SparseInt8Weight& w, co
   // left the first token pass over a block of groups waiting on memory); 16 steps ahead was
   // too late, 128 no better.
   // (A prefetch past the end of the arrays is harmless: it never faults.)
-  _mm_prefetch(reinterpret_cast<const char*>(w.rel + (s + 64) * kElemStep), _MM_HINT_T1);
-  _mm_prefetch(reinterpret_cast<const char*>(w.values + (s + 64) * kElemStep), _MM_HINT_T1);
-  const __m512i idx = _mm512_loadu_si512(w.rel + s * kElemStep);
-  const __m512i wv = _mm512_loadu_si512(w.values + s * kElemStep);
+  _mm_prefetch(reinterpret_cast<const char*>(w.rel + (s + 64) * w.step_bytes), _MM_HINT_T1);
+  _mm_prefetch(reinterpret_cast<const char*>(w.values + (s + 64) * w.step_bytes), _MM_HINT_T1);
+  const __m512i idx = _mm512_loadu_si512(w.rel + s * w.step_bytes);
+  const __m512i wv = _mm512_loadu_si512(w.values + s * w.step_bytes);
   *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), wv);
   const uint8_t* xs = x0 + 4 * int64_t(w.base[s]);
 #pragma GCC unroll 16
@@ -331,7 +331,7 @@ SCALENN_TARGET_AVX512 void elem16_gather_avx512(const SparseInt8Weight& w,
       const __m512i b = _mm512_set1_epi32(4 * int32_t(w.base[s]));
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) {
-        const int64_t e = s * kElemStep + 16 * q;
+        const int64_t e = s * w.step_bytes + 16 * q;
         const __m512i col = _mm512_add_epi32(
             _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.rel + e))), b);
         const __m512i byte_shift = _mm512_slli_epi32(_mm512_and_si512(col, _mm512_set1_epi32(3)), 3);
@@ -498,10 +498,10 @@ SCALENN_TARGET_AVX512 inline void elem16_panel_entries(const SparseInt8Weight& w
                                                        const uint8_t* panel, int64_t c,
                                                        __m512i* wsum, __m512i (&acc)[4]) {
   constexpr int64_t P = 64;
-  const uint8_t* rc = w.rel + c * kElemSlots;
+  const uint8_t* rc = w.rel + w.elem16_chunk(c);
   const uint8_t* xc = panel + chunk_base(w, c) * 4 * P;
   int32_t wd;
-  std::memcpy(&wd, w.values + c * kElemSlots, 4);
+  std::memcpy(&wd, w.values + w.elem16_chunk(c), 4);
   const __m512i b = _mm512_set1_epi32(wd);
   *wsum = _mm512_dpbusd_epi32(*wsum, _mm512_set1_epi8(1), b);
   const __m512i x0 = _mm512_loadu_si512(xc + int64_t(rc[0]) * P);
@@ -596,7 +596,7 @@ SCALENN_TARGET_AVX2 void elem16_gather_avx2(const SparseInt8Weight& w,
       const __m256i b = _mm256_set1_epi32(4 * int32_t(w.base[s]));
 #pragma GCC unroll 8
       for (int h = 0; h < 8; ++h) {
-        const int64_t e = s * kElemStep + 8 * h;
+        const int64_t e = s * w.step_bytes + 8 * h;
         const __m256i off = _mm256_add_epi32(
             _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.rel + e))), b);
         const __m256i wd = _mm256_cvtepi8_epi32(
@@ -626,13 +626,14 @@ void rows_scalar(const SparseInt8Weight& w, const SparseInt8Problem& pr, int64_t
       const RowChunks rc = row_chunks(w, n);
       for (int64_t i = 0; i < rc.count; ++i) {
         const int64_t c = rc.first + i * rc.stride, b = chunk_base(w, c);
-        for (int64_t e = c * entries; e < (c + 1) * entries; ++e) {
-          if (quad) {
+        if (quad) {
+          for (int64_t e = c * entries; e < (c + 1) * entries; ++e) {
             const int8_t* x = a + m * Kp + 4 * (b + w.rel[e]);
             for (int j = 0; j < 4; ++j) acc += int32_t(x[j]) * int32_t(w.values[4 * e + j]);
-          } else {
-            acc += int32_t(a[m * Kp + 4 * b + w.rel[e]]) * int32_t(w.values[e]);
           }
+        } else {
+          for (int64_t e = w.elem16_chunk(c); e < w.elem16_chunk(c) + entries; ++e)
+            acc += int32_t(a[m * Kp + 4 * b + w.rel[e]]) * int32_t(w.values[e]);
         }
       }
       write_result(w, pr, m, n, acc);

@@ -11,7 +11,9 @@
 //            the lowest column any row of the group still has, rounds it down to 64 (aligned
 //            windows), and gives each row up to 4 of its next kept weights below base +
 //            kElemSpan. Rows advance independently, so a step is ~80% full at 90% sparsity.
-//            values int8 [chunks * 4], rel uint8 [chunks * 4]: column = 4 * base[step] + rel;
+//            values int8 [chunks * 4], rel uint8 [chunks * 4]: column = 4 * base[step] + rel
+//            (or, as SparseInt8Linear keeps them, both [steps, 64] views of one [steps, 128]
+//            array: a step's rel then its values, one stream for the kernel to read);
 //            base uint16 [chunks / 16], one per step; row_offsets int32 [N + 1]: row_offsets[n] =
 //            first chunk of the group holding row n (all rows of a group share it; a multiple
 //            of 16), row_offsets[N] = chunks, so group g owns chunks [row_offsets[16g],
@@ -82,12 +84,19 @@ struct SparseInt8Weight {
   const uint16_t* base = nullptr;
   const int32_t* row_offsets = nullptr;
   const int32_t* row_order = nullptr;  // packed row p -> output row row_order[p] (in [0, N))
+  // elem16: bytes from one step's 64 rel (values) to the next step's: kElemStep when rel and
+  // values are arrays of their own, 2 * kElemStep when they are interleaved step by step.
+  int64_t step_bytes = kElemStep;
 
   int64_t entry_bytes() const { return format == SparseInt8Format::quad ? 4 : 1; }
   int64_t chunk_entries() const { return format == SparseInt8Format::quad ? kEntriesPerChunk : kElemSlots; }
   // Output rows per packing block (a quad row or an elem16 group) = chunks per base entry.
   int64_t block_rows() const { return format == SparseInt8Format::quad ? 1 : kElemRows; }
   int64_t chunks_per_base() const { return block_rows(); }
+  // elem16: offset in rel and values of chunk c's 4 entries (row c % 16 of step c / 16).
+  int64_t elem16_chunk(int64_t c) const {
+    return c / kElemRows * step_bytes + c % kElemRows * kElemSlots;
+  }
 };
 
 // Bytes past the end of an activation buffer (row-major or panel) the kernels may touch.

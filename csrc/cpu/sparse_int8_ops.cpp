@@ -41,8 +41,11 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
                               const at::Tensor& row_order, c10::string_view format, int64_t K,
                               const char* op) {
   const std::string o(op);
-  check_1d(values, at::kChar, o + ": values");
-  check_1d(rel, at::kByte, o + ": rel");
+  const bool steps_2d = values.dim() == 2 || rel.dim() == 2;
+  if (!steps_2d) {
+    check_1d(values, at::kChar, o + ": values");
+    check_1d(rel, at::kByte, o + ": rel");
+  }
   check_1d(base, at::kShort, o + ": base");
   check_1d(row_offsets, at::kInt, o + ": row_offsets");
   check_1d(row_order, at::kInt, o + ": row_order");
@@ -55,10 +58,35 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
   w.K = K;
   const int64_t chunks = base.numel() * w.chunks_per_base();
   const int64_t entries = chunks * w.chunk_entries();
-  TORCH_CHECK_VALUE(rel.numel() == entries && values.numel() == entries * w.entry_bytes(), op,
-                    ": for ", base.numel(), " bases of the '", std::string(format),
-                    "' format rel must have ", entries, " entries and values ",
-                    entries * w.entry_bytes(), ", got ", rel.numel(), " and ", values.numel());
+  if (steps_2d) {
+    // elem16 as SparseInt8Linear keeps it: rel and values [steps, 64] with rows of 64
+    // contiguous bytes the same stride apart (views of one interleaved array).
+    check_dtype(values, at::kChar, (o + ": values").c_str());
+    check_dtype(rel, at::kByte, (o + ": rel").c_str());
+    TORCH_CHECK_VALUE(w.format == SparseInt8Format::elem16 && values.dim() == 2 && rel.dim() == 2,
+                      op, ": 2-D values and rel are the elem16 step layout [steps, ", kElemStep,
+                      "] (both 2-D); other formats take 1-D arrays, got values ",
+                      values.sizes(), " and rel ", rel.sizes());
+    TORCH_CHECK_VALUE(values.device().is_cpu() && rel.device().is_cpu(), op,
+                      ": values and rel must be on the CPU");
+    const int64_t steps = base.numel();
+    const bool shape_ok = values.size(0) == steps && rel.size(0) == steps &&
+                          values.size(1) == kElemStep && rel.size(1) == kElemStep;
+    TORCH_CHECK_VALUE(shape_ok, op, ": for ", steps, " bases values and rel must be [", steps,
+                      ", ", kElemStep, "], got ", values.sizes(), " and ", rel.sizes());
+    const bool strides_ok = steps <= 1 || (values.stride(0) == rel.stride(0) &&
+                                           values.stride(0) >= kElemStep);
+    TORCH_CHECK_VALUE(strides_ok && (steps == 0 || (values.stride(1) == 1 && rel.stride(1) == 1)),
+                      op, ": 2-D values and rel need contiguous rows the same stride (>= ",
+                      kElemStep, ") apart, got strides ", values.strides(), " and ",
+                      rel.strides());
+    w.step_bytes = steps <= 1 ? kElemStep : values.stride(0);
+  } else {
+    TORCH_CHECK_VALUE(rel.numel() == entries && values.numel() == entries * w.entry_bytes(), op,
+                      ": for ", base.numel(), " bases of the '", std::string(format),
+                      "' format rel must have ", entries, " entries and values ",
+                      entries * w.entry_bytes(), ", got ", rel.numel(), " and ", values.numel());
+  }
   const int32_t* ro = row_offsets.data_ptr<int32_t>();
   bool ok = ro[0] == 0 && ro[w.N] == chunks;
   for (int64_t n = 0; n < w.N; ++n) ok &= ro[n] <= ro[n + 1];  // branch-free: vectorizes

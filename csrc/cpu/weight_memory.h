@@ -16,10 +16,12 @@ namespace scalenn::cpu {
 // all of it when rounding up to whole huge pages wastes at most 1/8 of its size, else its whole
 // 2 MiB pieces. Other devices and systems without THP: unchanged.
 //
-// Used for Int8Linear's packed weight (one stream). Not for the sparse layers, which stream two
-// arrays side by side: on huge pages their speed became bimodal (10-25% faster or slower than on
-// 4 KiB pages from one construction to the next, the same code), presumably as the two arrays'
-// pages happen to share cache sets / DRAM banks or not; 4 KiB pages average that out.
+// Used for Int8Linear's packed weight (one stream) and, through layer_helpers.
+// weight_memory_together, for SparseInt8Linear's rel, values and base in ONE such buffer. An
+// earlier trial that gave each sparse array huge pages of its own saw single layers become
+// 10-25% faster or slower than on 4 KiB pages from one construction to the next (both arrays
+// 2 MiB-aligned, so entry i of each sits at the same page offset: presumably the same cache
+// sets); one buffer puts them at an unrelated offset, and measured fastest (layer_helpers.py).
 at::Tensor to_weight_memory(const at::Tensor& t);
 
 }  // namespace scalenn::cpu

@@ -131,6 +131,11 @@ def _dense_variants(K, N, inp, have_int_mm):
     return variants
 
 
+def _placed(m: SparseInt8Linear) -> SparseInt8Linear:
+    m.place_weights()  # a deep copy lands in ordinary memory; a layer users build does not
+    return m
+
+
 def _sparse_variants(layers, inp):
     """Per pattern: SparseLinear, the torch.sparse peer and SparseInt8Linear, rotated copies
     (deep copies: fresh storage, so each call's weights come from memory)."""
@@ -146,7 +151,7 @@ def _sparse_variants(layers, inp):
         rot = _rotated(lambda p=peer: p.clone(), _bytes(peer), limit=16)
         variants[(label, L["peer_name"])] = lambda r=rot: torch.sparse.mm(r.next(), inp["xt"])
         info[(label, L["peer_name"])] = ("fp32 int32-idx", _bytes(peer) / L["kept"])
-        rot = _rotated(lambda m=si8: copy.deepcopy(m), _sparse_int8_bytes(si8))
+        rot = _rotated(lambda m=si8: _placed(copy.deepcopy(m)), _sparse_int8_bytes(si8))
         variants[(label, "SparseInt8Linear")] = lambda r=rot: r.next()(inp["x"])
         info[(label, "SparseInt8Linear")] = (si8.format, si8.bytes_per_kept_weight)
     return variants, info

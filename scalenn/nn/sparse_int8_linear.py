@@ -2,9 +2,12 @@
 output channel) in scalenn's sparse int8 format and computed by the VNNI sparse kernels, with
 activations quantized per token on the fly (as Int8Linear's int8_dynamic).
 
-State (all in state_dict, device-neutral): `values`, `rel`, `base`, `row_offsets` (buffers, see
-scalenn/compress/sparse_int8_format.py), `weight_scale` [N] float32, `bias` (a trainable
-Parameter). The weight itself is frozen: backward gives gradients for the input and the bias.
+State (all in state_dict, device-neutral): `values`, `rel`, `base`, `row_offsets`, `row_order`
+(buffers, see scalenn/compress/sparse_int8_format.py), `weight_scale` [N] float32, `bias` (a
+trainable Parameter). The weight itself is frozen: backward gives gradients for the input and
+the bias. In memory on the CPU, an elem16 layer's values and rel are [steps, 64] views of one
+interleaved array (fmt.step_stream) and a quad layer's arrays share one buffer, both on huge
+pages (place_weights); state_dict and files hold the plain 1-D arrays either way.
 """
 from typing import Optional
 
@@ -15,7 +18,8 @@ from .. import _C
 from ..compress import sparse_int8_format as fmt
 from ..ops import FLOAT_DTYPES
 from ..ops_int8 import quantize_weight
-from .layer_helpers import apply_keeping_float32, call_op, dense_linear
+from .layer_helpers import (apply_keeping_float32, call_op, dense_linear, weight_memory,
+                            weight_memory_together)
 from .registry import register_compressed_module
 
 _SPARSE_INT8_LINEAR = torch.ops.scalenn.sparse_int8_linear.default
@@ -67,6 +71,7 @@ class SparseInt8Linear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.register_load_state_dict_post_hook(SparseInt8Linear._validate_after_load)
+        self.place_weights()
 
     # ---------------------------------------------------------------- conversion
     @classmethod
@@ -85,6 +90,7 @@ class SparseInt8Linear(nn.Module):
             m.weight_scale.copy_(weight_scale.detach().float())
             if bias is not None:
                 m.bias.copy_(bias.detach().float())
+        m.place_weights()
         return m
 
     @classmethod
@@ -129,8 +135,9 @@ class SparseInt8Linear(nn.Module):
         return cls.from_int8_weight(layer.weight_int8, layer.weight_scale, layer.bias, format)
 
     def packed(self) -> fmt.PackedSparseInt8:
-        return fmt.PackedSparseInt8(self.values, self.rel, self.base, self.row_offsets,
-                                    self.row_order, self.format)
+        """The packed weight with 1-D values and rel (copies when they are interleaved)."""
+        return fmt.flat(fmt.PackedSparseInt8(self.values, self.rel, self.base, self.row_offsets,
+                                             self.row_order, self.format))
 
     def weight_int8(self) -> torch.Tensor:
         """The dense int8 weight [out_features, in_features]."""
@@ -195,15 +202,45 @@ class SparseInt8Linear(nn.Module):
                    bool(config.get("bias", True)), config.get("format", "elem16"),
                    int(config.get("chunks", 0)))
 
+    def place_weights(self) -> None:
+        """Lay out the arrays the kernel streams for batch-1 speed, on the CPU: elem16's rel and
+        values interleaved step by step into one stream (fmt.step_stream) on huge pages
+        (layer_helpers.weight_memory), quad's rel, values and base in one huge-page buffer
+        (weight_memory_together). Done on construction, loading and device moves; a deep copy
+        lands in ordinary memory until this is called."""
+        b = self._buffers
+        values = b["values"]
+        # Elsewhere the op does not run; shared memory (share_memory()) must stay where other
+        # processes map it.
+        if values.device.type != "cpu" or values.is_shared():
+            return
+        if self.format == "elem16":
+            b["values"], b["rel"] = fmt.step_views(weight_memory(fmt.step_stream(values, b["rel"])))
+        else:
+            b["rel"], b["values"], b["base"] = weight_memory_together(b["rel"], values, b["base"])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("values", "rel"):  # files hold the 1-D arrays
+            destination[prefix + name] = destination[prefix + name].reshape(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("values", "rel"):  # 1-D, as the file's, for the size check and copy
+            self._buffers[name] = self._buffers[name].reshape(-1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def _validate_after_load(module, incompatible_keys):
         fmt.check(module.packed(), module.out_features, module.in_features)
+        module.place_weights()
 
     def _apply(self, fn, *args, **kwargs):
         # model.to(torch.bfloat16) must not change the float32 scales and bias the kernel reads.
-        return apply_keeping_float32(
+        out = apply_keeping_float32(
             self, lambda: super(SparseInt8Linear, self)._apply(fn, *args, **kwargs),
             ("weight_scale", "bias"))
+        self.place_weights()
+        return out
 
     def extra_repr(self) -> str:
         kernel = f"cpu-{_C.current_isa()}" if self.values.device.type == "cpu" else \
