@@ -28,3 +28,21 @@ def test_fixed_order_when_asked():
     calls, variants = _record(names)
     harness.interleaved_times(variants, rounds=3, calls_per_round=1, warmup=0, order_seed=None)
     assert calls == names * 3
+
+
+def test_auto_counts_follow_each_variant_and_settle_first():
+    import time
+    counts = {"fast": 0, "slow": 0}
+
+    def call(name, seconds):
+        counts[name] += 1
+        time.sleep(seconds)
+
+    variants = {"fast": lambda: call("fast", 0.0005), "slow": lambda: call("slow", 0.004)}
+    times = harness.interleaved_times(variants, rounds=2, warmup=0, target_round_s=0.01,
+                                      settle_s=0.004)
+    assert all(len(t) == 2 for t in times.values())
+    # Each variant runs about target_round_s per round (plus its settling calls), so the fast
+    # one makes several times as many calls; sleep only ever overshoots, so this is loose.
+    assert counts["fast"] >= 3 * counts["slow"]
+    assert counts["slow"] >= 2 * (1 + 1)  # per round at least one settling and one timed call

@@ -19,8 +19,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-# Rotated copies of the inputs of one variant should together exceed this (3x a 32 MiB L3).
-ROTATION_BYTES = 96 * 2**20
+# Rotated copies of the inputs of one variant should together exceed this (8x a 32 MiB L3).
+# At 3x, a variant timed in its steady state still found part of its weights in the L3:
+# Int8Linear 4096 x 4096, M = 1, 2 threads: 6 copies (96 MiB) ~300 us a call, 24 copies ~365.
+ROTATION_BYTES = 256 * 2**20
 
 
 def copies_for(bytes_per_copy: int, target: int = ROTATION_BYTES, max_copies: int = 64) -> int:
@@ -48,29 +50,39 @@ class Rotator:
 
 def interleaved_times(variants: Dict[str, Callable[[], object]], rounds: int = 15,
                       calls_per_round: int = 0, target_round_s: float = 0.02,
-                      warmup: int = 2, order_seed: Optional[int] = 0) -> Dict[str, List[float]]:
+                      warmup: int = 2, order_seed: Optional[int] = 0,
+                      settle_s: float = 0.01) -> Dict[str, List[float]]:
     """Time each variant `rounds` times, interleaved; returns seconds per call per round.
 
-    Each round runs every variant `calls_per_round` times back to back (auto-sized from a
-    warm-up so one round of the slowest variant takes about `target_round_s`), the variants in
-    a fresh random order each round (`order_seed`; None: always the given order). A variant
-    runs slower for several ms after another one streamed memory (Int8Linear 4096 x 4096,
-    M = 1, 2 threads, 24 rotated copies, right after dense fp32: 460 us on the first call, 365
-    from the 30th), so in a fixed order the variant behind a heavy one paid that every round:
-    Int8Linear behind dense fp32 measured 401 us in a fixed order and 297-313 us shuffled, in
-    otherwise identical runs. Shuffled, every variant sees every predecessor alike. The order
-    depends only on the seed and the variant names, so ranks of a distributed benchmark agree.
+    Each round runs the variants in a fresh random order (`order_seed`; None: always the given
+    order), each `calls_per_round` times back to back; by default (calls_per_round <= 0) every
+    variant gets its own count, sized from a warm-up call so that it runs about
+    `target_round_s`, after `settle_s` of untimed calls.
+
+    Why: a variant runs slower for several ms after another one streamed memory (Int8Linear
+    4096 x 4096, M = 1, 2 threads, 24 rotated copies, right after dense fp32: 460 us on the
+    first call, 365 from the 30th). With one count for all, sized by the slowest variant, a
+    0.1 ms variant ran its few calls entirely in that state while a 3 ms one mostly did not;
+    in a fixed order the variant behind a heavy one paid it every round (Int8Linear behind
+    dense fp32: 401 us in a fixed order, 297-313 us shuffled, otherwise identical runs). Now
+    each variant is timed in its steady state, and shuffling spreads what remains evenly.
+
+    An explicit calls_per_round (distributed benchmarks: every rank must make the same calls)
+    uses that count for every variant and no settling; the order depends only on the seed and
+    the variant names, so ranks agree on it.
     """
     for fn in variants.values():
         for _ in range(warmup):
             fn()
+    calls = {name: calls_per_round for name in variants}
+    settle = {name: 0 for name in variants}
     if calls_per_round <= 0:
-        slowest = 0.0
-        for fn in variants.values():
+        for name, fn in variants.items():
             t0 = time.perf_counter()
             fn()
-            slowest = max(slowest, time.perf_counter() - t0)
-        calls_per_round = int(max(1, min(1000, target_round_s / max(slowest, 1e-7))))
+            t = max(time.perf_counter() - t0, 1e-7)
+            calls[name] = int(max(1, min(1000, target_round_s / t)))
+            settle[name] = int(min(1000, -(-settle_s // t)))
     out = {name: [] for name in variants}
     order = list(variants)
     shuffle = random.Random(order_seed).shuffle if order_seed is not None else None
@@ -78,11 +90,13 @@ def interleaved_times(variants: Dict[str, Callable[[], object]], rounds: int = 1
         if shuffle:
             shuffle(order)
         for name in order:
-            fn = variants[name]
-            t0 = time.perf_counter()
-            for _ in range(calls_per_round):
+            fn, n = variants[name], calls[name]
+            for _ in range(settle[name]):
                 fn()
-            out[name].append((time.perf_counter() - t0) / calls_per_round)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out[name].append((time.perf_counter() - t0) / n)
     return out
 
 
