@@ -21,6 +21,7 @@ def _bench(args) -> int:
     except ValueError as exc:
         print(f"scalenn bench: {exc}", file=sys.stderr)
         return 2
+    harness.set_quick(args.quick)
     report = module.run(args)
     paths = harness.write(report, args.out)
     print(harness.to_markdown(report, harness.machine_info()))

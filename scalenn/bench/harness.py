@@ -23,11 +23,21 @@ import torch
 # At 3x, a variant timed in its steady state still found part of its weights in the L3:
 # Int8Linear 4096 x 4096, M = 1, 2 threads: 6 copies (96 MiB) ~300 us a call, 24 copies ~365.
 ROTATION_BYTES = 256 * 2**20
+# --quick (a smoke test of the machinery, not a measurement): 2x the L3, a fraction of the memory.
+QUICK_ROTATION_BYTES = 64 * 2**20
+_rotation_bytes = ROTATION_BYTES
 
 
-def copies_for(bytes_per_copy: int, target: int = ROTATION_BYTES, max_copies: int = 64) -> int:
+def set_quick(quick: bool) -> None:
+    """Smaller rotations for `scalenn bench --quick`."""
+    global _rotation_bytes
+    _rotation_bytes = QUICK_ROTATION_BYTES if quick else ROTATION_BYTES
+
+
+def copies_for(bytes_per_copy: int, target: Optional[int] = None, max_copies: int = 64) -> int:
     """How many copies of an input of `bytes_per_copy` bytes to rotate through so that a call
-    finds it in memory, not in cache."""
+    finds it in memory, not in cache (together `target` bytes, default the rotation size)."""
+    target = _rotation_bytes if target is None else target
     if bytes_per_copy <= 0:
         return 1
     return int(max(1, min(max_copies, -(-target // bytes_per_copy))))
