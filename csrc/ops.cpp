@@ -47,7 +47,9 @@ TORCH_LIBRARY(scalenn, m) {
   //   v = packed(grads) * scale + residual (v = residual past the grads); per chunk c of C values:
   //   s = max|v|/127, q = round_half_even(v * (127/max|v|)) (0 if max is 0), residual = v - q*s;
   //   a chunk holding NaN/Inf gets s = NaN, q = 0, residual = 0. Record c = C int8 q values then
-  //   s as 4 little-endian bytes (the wire format of the int8 all-reduce).
+  //   s as 4 little-endian bytes (the wire format of the int8 all-reduce). On the CPU residual
+  //   may also be records uint8 [N, C+4]: the residual quantized per chunk, a quarter of the
+  //   memory (csrc/cpu/bucket_kernels.h).
   m.def("bucket_quantize_int8(Tensor[] grads, Tensor(a!) residual, Tensor(b!) records, "
         "float scale) -> ()");
   // bucket_dequantize_sum: records uint8 [W, N, C+4] (W record arrays, e.g. one per rank) ->
@@ -57,8 +59,8 @@ TORCH_LIBRARY(scalenn, m) {
   //   grads[i].dtype, flat = bucket_dequantize_sum(records) (fused with bucket_unpack, scale 1;
   //   W = 1: plain dequantization).
   m.def("bucket_unpack_int8(Tensor records, Tensor(a!)[] grads) -> ()");
-  // bucket_requantize_int8: records uint8 [W, N, C+4], residual float32 [N*C], out uint8
-  //   [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
+  // bucket_requantize_int8: records uint8 [W, N, C+4], residual float32 [N*C] (or records
+  //   [N, C+4] on the CPU), out uint8 [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
   //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
   m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
   // ---- sparse (issue 4): sparse weight [out_features, in_features] x dense activations ----

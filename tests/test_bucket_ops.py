@@ -76,6 +76,48 @@ def test_quantize_int8_matches_reference_exactly(isa, C, sizes):
         assert torch.equal(residual, r_ref), f"step {step}"
 
 
+def _records_residual(N, C, magnitude):
+    """A residual stored as records (the CPU wire's), holding small random values."""
+    residual = torch.zeros(N, C + 4, dtype=torch.uint8)
+    ops.bucket_quantize_int8([torch.randn(N * C) * magnitude], torch.zeros(N * C), residual, 1.0)
+    return residual
+
+
+@pytest.mark.parametrize("C", [16, 33, 1024])
+@pytest.mark.parametrize("sizes", SIZES[1:], ids=lambda s: f"n{sum(s)}x{len(s)}")
+def test_quantize_int8_with_records_residual_matches_reference_exactly(isa, C, sizes):
+    grads = make_grads(sizes, DTYPES, magnitude=1e-3)
+    N = -(-max(1, sum(sizes)) // C) + 1  # one chunk of pure padding
+    residual = _records_residual(N, C, 1e-5)
+    records = torch.empty(N, C + 4, dtype=torch.uint8)
+    r_ref, rec_ref = residual.clone(), records.clone()
+    for step, scale in enumerate(SCALES):  # residual carried between steps, as in training
+        ops.bucket_quantize_int8(grads, residual, records, scale)
+        bucket_quantize_int8_reference(grads, r_ref, rec_ref, scale)
+        assert torch.equal(records, rec_ref), f"step {step}"
+        assert torch.equal(residual, r_ref), f"step {step}"
+
+
+def test_records_residual_keeps_error_feedback_to_1_in_254():
+    # v = grad + residual; after a step, dequant(records) + dequant(residual) is v but for what
+    # storing the residual as int8 drops: at most half its step, s_r / 2 <= s / 508.
+    N, C = 6, 256
+    residual = _records_residual(N, C, 1e-3)
+    v = torch.empty(N * C)
+    bucket_dequantize_sum_reference(residual[None], v)
+    g = torch.randn(N * C) * 0.01
+    v = g * 0.5 + v
+    records = torch.empty(N, C + 4, dtype=torch.uint8)
+    ops.bucket_quantize_int8([g], residual, records, 0.5)
+    sent, kept = torch.empty(N * C), torch.empty(N * C)
+    bucket_dequantize_sum_reference(records[None], sent)
+    bucket_dequantize_sum_reference(residual[None], kept)
+    s = records_split(records)[1]
+    err = (sent + kept - v).abs().view(N, C)
+    assert (err <= s[:, None] / 508 * (1 + 1e-3) + 1e-12).all()
+    assert (err.amax(dim=1) > 0).any()  # the storage does round: the bound is not vacuous
+
+
 def test_quantize_int8_error_feedback_is_exact_bookkeeping(isa):
     # residual after = v - q * s exactly, so dequantized + residual reconstructs v (to fp32).
     C, N = 64, 10
@@ -166,7 +208,7 @@ def test_bad_input_errors():
         torch.ops.scalenn.bucket_quantize_int8(g, torch.empty(16), torch.empty(1, 20, dtype=torch.int8), 1.0)
     with pytest.raises(ValueError, match="last dimension C \\+ 4"):
         torch.ops.scalenn.bucket_quantize_int8(g, torch.empty(0), torch.empty(1, 4, dtype=torch.uint8), 1.0)
-    with pytest.raises(ValueError, match="residual must have records.size\\(0\\) \\* C = 16"):
+    with pytest.raises(ValueError, match="residual must have N \\* C = 16"):
         torch.ops.scalenn.bucket_quantize_int8(g, torch.empty(15), torch.empty(1, 20, dtype=torch.uint8), 1.0)
     with pytest.raises(ValueError, match="do not fit in 1 chunks of 8"):
         torch.ops.scalenn.bucket_quantize_int8(g, torch.empty(8), torch.empty(1, 12, dtype=torch.uint8), 1.0)
@@ -245,6 +287,14 @@ def test_requantize_int8_matches_reference_exactly(isa, W, C):
         assert torch.equal(out, out_ref) and torch.equal(residual, r_ref)
     _, s = records_split(out)
     assert torch.isnan(s[3]) and torch.isfinite(s[[0, 1, 2, 4, 5, 6, 7, 8]]).all()
+    # The same with the residual stored as records.
+    residual = _records_residual(N, C, 1e-4)
+    r_ref = residual.clone()
+    for _ in range(2):
+        ops.bucket_requantize_int8(records, residual, out)
+        bucket_requantize_int8_reference(records, r_ref, out_ref)
+        assert torch.equal(out, out_ref) and torch.equal(residual, r_ref)
+    assert (records_split(residual)[0][3] == 0).all()  # the poisoned chunk keeps no residual
 
 
 def test_int8_fused_ops_opcheck_and_errors():
@@ -260,6 +310,15 @@ def test_int8_fused_ops_opcheck_and_errors():
                                                  torch.empty(2, 20, dtype=torch.uint8))
     with pytest.raises(ValueError, match="must be 3-D"):
         torch.ops.scalenn.bucket_requantize_int8(records[0], torch.zeros(48),
+                                                 torch.empty(3, 20, dtype=torch.uint8))
+    torch.library.opcheck(torch.ops.scalenn.bucket_requantize_int8.default,
+                          (records, torch.zeros(3, 20, dtype=torch.uint8),
+                           torch.empty(3, 20, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match=r"residual records must have shape \[3, 20\]"):
+        torch.ops.scalenn.bucket_requantize_int8(records, torch.zeros(3, 21, dtype=torch.uint8),
+                                                 torch.empty(3, 20, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="residual must be torch.float32 .* or torch.uint8"):
+        torch.ops.scalenn.bucket_requantize_int8(records, torch.zeros(48, dtype=torch.int32),
                                                  torch.empty(3, 20, dtype=torch.uint8))
 
 

@@ -81,6 +81,7 @@ def test_int8_error_feedback_training_matches_uncompressed(tmp_path):
     results, outputs = launch("train", tmp_path)
     assert_all_ok(results, outputs)
     print("final loss:", results[0]["report"]["final_loss"])
+    print("wire memory, copies of the gradients:", results[0]["report"]["wire_memory_copies"])
 
 
 @pytest.mark.timeout(120)

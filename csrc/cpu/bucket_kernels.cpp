@@ -370,6 +370,21 @@ void quantize_chunk_to_record(CpuIsa isa, float* r, uint8_t* rec, int64_t C, Abs
   std::memcpy(rec + C, &s, sizeof(float));
 }
 
+// Chunk c's residual as floats: its slot of the float array, or its record dequantized into
+// `scratch`.
+float* load_residual(CpuIsa isa, Residual residual, int64_t c, int64_t C, float* scratch) {
+  if (residual.values != nullptr) return residual.values + c * C;
+  dequantize_sum_chunk(isa, residual.records + c * (C + 4), 1, 0, C, scratch);
+  return scratch;
+}
+
+// After quantize_chunk_to_record left chunk c's new residual in r: a record residual stores it
+// quantized (a float one already holds it).
+void store_residual(CpuIsa isa, Residual residual, int64_t c, int64_t C, float* r) {
+  if (residual.records != nullptr)
+    quantize_chunk_to_record(isa, r, residual.records + c * (C + 4), C, chunk_absmax(r, C));
+}
+
 }  // namespace
 
 void bucket_pack_range(CpuIsa isa, const BucketSegment* segs, int64_t nseg, FloatKind flat_kind,
@@ -393,10 +408,11 @@ void bucket_unpack_range(CpuIsa isa, const BucketSegment* segs, int64_t nseg, Fl
 }
 
 void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t nseg, float scale,
-                                 float* residual, uint8_t* records, int64_t C,
+                                 Residual residual, uint8_t* records, int64_t C,
                                  int64_t chunk_begin, int64_t chunk_end) {
+  std::vector<float> scratch(residual.values != nullptr ? 0 : C);
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    float* r = residual + c * C;
+    float* r = load_residual(isa, residual, c, C, scratch.data());
     // v = grad * scale + residual, built in the chunk's residual slot (stays in L1 for the
     // quantization pass right after), with max |v| taken on the way.
     AbsMax m;
@@ -404,13 +420,14 @@ void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t 
     for_each_piece(segs, nseg, c * C, (c + 1) * C, [&](const BucketSegment& s, int64_t in_seg,
                                                        int64_t at, int64_t n) {
       const char* src = static_cast<const char*>(s.data) + in_seg * elem_size(s.kind);
-      scale_accumulate(isa, s.kind, src, residual + at, n, scale, &m);
+      scale_accumulate(isa, s.kind, src, r + (at - c * C), n, scale, &m);
       covered += n;
     });
     // Chunks partly or not covered by gradients (the bucket's tail: flags, padding) hold
     // values the pass above did not see: take their max separately.
     if (covered != C) m = chunk_absmax(r, C);
     quantize_chunk_to_record(isa, r, records + c * (C + 4), C, m);
+    store_residual(isa, residual, c, C, r);
   }
 }
 
@@ -430,16 +447,17 @@ void bucket_unpack_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t ns
 }
 
 void bucket_requantize_int8_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
-                                   int64_t C, float* residual, uint8_t* out, int64_t chunk_begin,
+                                   int64_t C, Residual residual, uint8_t* out, int64_t chunk_begin,
                                    int64_t chunk_end) {
-  std::vector<float> sum(C);
+  std::vector<float> sum(C), scratch(residual.values != nullptr ? 0 : C);
   const int64_t stride = nchunks * (C + 4);
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    float* r = residual + c * C;
+    float* r = load_residual(isa, residual, c, C, scratch.data());
     dequantize_sum_chunk(isa, records + c * (C + 4), W, stride, C, sum.data());
     AbsMax m;
     scale_accumulate(isa, FloatKind::f32, sum.data(), r, C, 1.0f, &m);  // v = sum * 1 + residual
     quantize_chunk_to_record(isa, r, out + c * (C + 4), C, m);
+    store_residual(isa, residual, c, C, r);
   }
 }
 

@@ -18,6 +18,11 @@
 //   unpack_int8: grad[j] = cast_to_grad_dtype(dequantize_sum of W record arrays at off + j).
 //   requantize: quantize (as above, with scale 1) v = dequantize_sum(W arrays) + residual:
 //              the reduce-scatter step of the int8 all-reduce without an fp32 intermediate.
+//   residual as records (CPU only): the residual array may instead be int8 records like the
+//              wire's, a quarter of the memory: quantize reads residual = dequantize_sum of its
+//              one record array, and stores the new residual r as a record of its own (s_r =
+//              max|r| / 127, quantized as above). |r| <= s / 2, so what that storage drops is at
+//              most s / 508 per value a step, where no error feedback would drop s / 2.
 #pragma once
 
 #include <cstdint>
@@ -40,10 +45,15 @@ void bucket_pack_range(CpuIsa isa, const BucketSegment* segs, int64_t nseg, Floa
 void bucket_unpack_range(CpuIsa isa, const BucketSegment* segs, int64_t nseg, FloatKind flat_kind,
                          const void* flat, float scale, int64_t begin, int64_t end);
 
-// Chunks [chunk_begin, chunk_end) of C values each; residual has nchunks * C floats and records
-// nchunks * (C + 4) bytes.
+// Error-feedback state of an array of chunks: nchunks * C floats, or nchunks records.
+struct Residual {
+  float* values = nullptr;
+  uint8_t* records = nullptr;
+};
+
+// Chunks [chunk_begin, chunk_end) of C values each; records nchunks * (C + 4) bytes.
 void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t nseg, float scale,
-                                 float* residual, uint8_t* records, int64_t C,
+                                 Residual residual, uint8_t* records, int64_t C,
                                  int64_t chunk_begin, int64_t chunk_end);
 
 // records: W arrays of nchunks records (C + 4 bytes each); out: nchunks * C floats.
@@ -55,9 +65,9 @@ void bucket_unpack_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t ns
                                const uint8_t* records, int64_t W, int64_t nchunks, int64_t C,
                                int64_t chunk_begin, int64_t chunk_end);
 
-// records: W arrays of nchunks records; residual nchunks * C floats; out nchunks records.
+// records: W arrays of nchunks records; out nchunks records.
 void bucket_requantize_int8_chunks(CpuIsa isa, const uint8_t* records, int64_t W, int64_t nchunks,
-                                   int64_t C, float* residual, uint8_t* out, int64_t chunk_begin,
+                                   int64_t C, Residual residual, uint8_t* out, int64_t chunk_begin,
                                    int64_t chunk_end);
 
 }  // namespace scalenn::cpu

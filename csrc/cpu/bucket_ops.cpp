@@ -86,22 +86,40 @@ int64_t chunk_of(const at::Tensor& records, int64_t record_dim, const char* op) 
   return records.size(record_dim) - 4;
 }
 
+// The error-feedback state of `nchunks` chunks of C: float32 [nchunks * C], or records uint8
+// [nchunks, C + 4] (bucket_kernels.h).
+Residual residual_of(const at::Tensor& residual, const at::Tensor& records, int64_t nchunks,
+                     int64_t C, const char* op) {
+  const std::string name = std::string(op) + ": residual";
+  check_contiguous(residual, name.c_str());
+  check_same_device(residual, records, name.c_str(), "records");
+  Residual r;
+  if (residual.scalar_type() == at::kByte) {
+    TORCH_CHECK_VALUE(residual.dim() == 2 && residual.size(0) == nchunks &&
+                      residual.size(1) == C + 4, name, " records must have shape [", nchunks,
+                      ", ", C + 4, "] (one per chunk), got ", residual.sizes());
+    r.records = residual.data_ptr<uint8_t>();
+    return r;
+  }
+  TORCH_CHECK_TYPE(residual.scalar_type() == at::kFloat, name, " must be torch.float32 [N * C] "
+                   "or torch.uint8 records [N, C + 4], got ", residual.scalar_type());
+  check_dim(residual, 1, name.c_str());
+  TORCH_CHECK_VALUE(residual.numel() == nchunks * C, op, ": residual must have N * C = ",
+                    nchunks * C, " elements, got ", residual.numel());
+  r.values = residual.data_ptr<float>();
+  return r;
+}
+
 void bucket_quantize_int8_cpu(at::TensorList grads, const at::Tensor& residual,
                               const at::Tensor& records, double scale) {
   const char* op = "bucket_quantize_int8";
   auto segs = segments_of(grads, residual, op);
   const int64_t C = chunk_of(records, 1, op);
   const int64_t nchunks = records.size(0);
-  check_dtype(residual, at::kFloat, "bucket_quantize_int8: residual");
-  check_dim(residual, 1, "bucket_quantize_int8: residual");
-  check_contiguous(residual, "bucket_quantize_int8: residual");
-  check_same_device(residual, records, "bucket_quantize_int8: residual", "records");
-  TORCH_CHECK_VALUE(residual.numel() == nchunks * C, op, ": residual must have records.size(0) "
-                    "* C = ", nchunks * C, " elements, got ", residual.numel());
+  const Residual rp = residual_of(residual, records, nchunks, C, op);
   TORCH_CHECK_VALUE(total_numel(segs) <= nchunks * C, op, ": the gradients' ", total_numel(segs),
                     " elements do not fit in ", nchunks, " chunks of ", C);
   const CpuIsa isa = current_isa();
-  float* rp = residual.data_ptr<float>();
   uint8_t* qp = records.data_ptr<uint8_t>();
   const float s = static_cast<float>(scale);
   const int64_t grain = std::max<int64_t>(1, kGrainElems / C);
@@ -158,16 +176,10 @@ void bucket_requantize_int8_cpu(const at::Tensor& records, const at::Tensor& res
   TORCH_CHECK_VALUE(out.dim() == 2 && out.size(0) == nchunks && out.size(1) == C + 4, op,
                     ": out must have shape [", nchunks, ", ", C + 4, "] (one record per chunk), "
                     "got ", out.sizes());
-  check_dtype(residual, at::kFloat, "bucket_requantize_int8: residual");
-  check_dim(residual, 1, "bucket_requantize_int8: residual");
-  check_contiguous(residual, "bucket_requantize_int8: residual");
-  TORCH_CHECK_VALUE(residual.numel() == nchunks * C, op, ": residual must have records.size(1) "
-                    "* C = ", nchunks * C, " elements, got ", residual.numel());
   check_same_device(records, out, "bucket_requantize_int8: records", "out");
-  check_same_device(records, residual, "bucket_requantize_int8: records", "residual");
+  const Residual rp = residual_of(residual, records, nchunks, C, op);
   const CpuIsa isa = current_isa();
   const uint8_t* qp = records.data_ptr<uint8_t>();
-  float* rp = residual.data_ptr<float>();
   uint8_t* outp = out.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, C * W));
   at::parallel_for(0, nchunks, grain, [&](int64_t b, int64_t e) {

@@ -62,15 +62,25 @@ def records_split(records: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def bucket_quantize_int8_reference(grads: List[torch.Tensor], residual: torch.Tensor,
                                    records: torch.Tensor, scale: float) -> None:
+    """residual: float32 [N * C], or uint8 records [N, C + 4] (the residual quantized per
+    chunk, read as its dequantization and stored as a record of its own)."""
     N, C = records.shape[0], records.shape[1] - 4
-    v = residual.clone()
+    as_records = residual.dtype == torch.uint8
+    if as_records:
+        v = torch.empty(N * C)
+        bucket_dequantize_sum_reference(residual[None], v)
+    else:
+        v = residual.clone()
     o = 0
     for g in grads:
         n = g.numel()
         v[o:o + n] = g.reshape(-1).float() * _f32(scale) + v[o:o + n]
         o += n
     q, s, r = quantize_chunks_reference(v.view(N, C))
-    residual.copy_(r.reshape(-1))
+    if as_records:
+        residual.copy_(records_from(*quantize_chunks_reference(r)[:2]))
+    else:
+        residual.copy_(r.reshape(-1))
     records.copy_(records_from(q, s))
 
 

@@ -135,26 +135,40 @@ class HalfFp32SumWire(FloatWire):
         self.work = _all_gather_single(self.flat, self.shard, group=self.group, async_op=True)
 
 
+def _residual(nchunks: int, chunk: int, device) -> torch.Tensor:
+    """Error-feedback state for `nchunks` chunks: on the CPU int8 records like the wire's (the
+    residual quantized per chunk, a quarter of float32's memory; what that storage drops is at
+    most 1/254 of the residual, csrc/cpu/bucket_kernels.h), elsewhere float32 values."""
+    if torch.device(device).type == "cpu":
+        return torch.zeros(nchunks, chunk + 4, dtype=torch.uint8, device=device)
+    return torch.zeros(nchunks * chunk, dtype=torch.float32, device=device)
+
+
 class _Int8Records:
     """Shared pieces of the int8 wires: chunked layout, error-feedback quantization into
     records, flags and non-finite detection read straight from records."""
 
-    def _layout(self, numel: int, nflags: int, chunk: int, multiple: int) -> None:
+    def _layout(self, numel: int, nflags: int, chunk: int, multiple: int, device) -> None:
         grad_chunks = _ceil_div(numel, chunk)
         self.flag_offset = grad_chunks * chunk  # flags start a chunk of their own
         self.flag_chunks = _ceil_div(nflags, chunk)
         self.nchunks = _ceil_div(grad_chunks + self.flag_chunks, multiple) * multiple
+        # Zeros between the last gradient and the flags, so the flags quantize as segments.
+        self.flag_gap = torch.zeros(self.flag_offset - numel, device=device)
 
     def _quantize(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor]) -> None:
         if not self.error_feedback:
             self.residual.zero_()
+        segments = list(grads)
         if self.nflags:
-            # Flags are set, not accumulated: they carry no error feedback.
-            region = self.residual[self.flag_offset:]
-            region.zero_()
+            # Flags are set, not accumulated: they carry no error feedback. Quantized with the
+            # gradients' scale 1/W, so they go in multiplied by W.
+            first = self.flag_offset // self.C
+            (self.residual[first:] if self.residual.dtype == torch.uint8
+             else self.residual[self.flag_offset:]).zero_()
             if flags is not None:
-                region[:self.nflags].copy_(flags)
-        ops.bucket_quantize_int8(grads, self.residual, self.send, 1.0 / self.world)
+                segments += [self.flag_gap, flags * self.world]
+        ops.bucket_quantize_int8(segments, self.residual, self.send, 1.0 / self.world)
 
     def _result_records(self) -> torch.Tensor:
         """[W', N, C + 4]: the record arrays whose sum is the averaged bucket."""
@@ -185,24 +199,27 @@ class Int8Wire(_Int8Records):
       2. all_to_all_single: rank r receives every rank's records for its shard r;
       3. dequantize, sum in float32 and requantize the shard in one kernel (with a second,
          per-shard residual when error feedback is on);
-      4. all_gather the requantized shards (into the send buffer, free by then); every rank
+      4. all_gather the requantized shards in place in the send buffer (free by then: the
+         requantization writes this rank's shard straight into its slot); every rank
          dequantizes the same records straight into .grad, so all ranks agree bit for bit.
-    Wire bytes: (C + 4) / C bytes per value and phase, vs 4 (fp32) or 2 (bf16). Memory: the
-    residuals (1 + 1/W fp32 copies, the state of error feedback) and 2 int8 copies.
+    Wire bytes: (C + 4) / C bytes per value and phase, vs 4 (fp32) or 2 (bf16). Memory, in
+    copies of the float32 gradients: send and receive records 2 x (C + 4) / 4C, and the
+    residuals (the state of error feedback) (1 + 1/W) x (C + 4) / 4C on the CPU (records),
+    1 + 1/W elsewhere (float32): 0.88 copies at W = 2 on the CPU.
     """
 
     def __init__(self, numel: int, nflags: int, group, world: int, device, chunk: int,
                  error_feedback: bool):
         self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
         self.C, self.error_feedback = chunk, error_feedback
-        self._layout(numel, nflags, chunk, world)
+        self._layout(numel, nflags, chunk, world, device)
         self.shard_chunks = self.nchunks // world
         C, N, S = chunk, self.nchunks, self.shard_chunks
-        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
+        self.rank = dist.get_rank(group)
+        self.residual = _residual(N, C, device)
         self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
         self.recv = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
-        self.shard_residual = torch.zeros(S * C, dtype=torch.float32, device=device)
-        self.shard_records = torch.empty(S, C + 4, dtype=torch.uint8, device=device)
+        self.shard_residual = _residual(S, C, device)
         self.work = None
 
     def _result_records(self) -> torch.Tensor:
@@ -230,10 +247,11 @@ class Int8Wire(_Int8Records):
         kernel), then start the all_gather (self.work)."""
         if not self.error_feedback:
             self.shard_residual.zero_()
-        ops.bucket_requantize_int8(self.recv.view(self.world, self.shard_chunks, self.C + 4),
-                                   self.shard_residual, self.shard_records)
-        self.work = _all_gather_single(self.send, self.shard_records, group=self.group,
-                                       async_op=True)
+        S = self.shard_chunks
+        mine = self.send[self.rank * S:(self.rank + 1) * S]
+        ops.bucket_requantize_int8(self.recv.view(self.world, S, self.C + 4),
+                                   self.shard_residual, mine)
+        self.work = _all_gather_single(self.send, mine, group=self.group, async_op=True)
 
     def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
         work, self.work = self.work, None
@@ -259,9 +277,9 @@ class Int8GatherWire(_Int8Records):
                  error_feedback: bool):
         self.numel, self.nflags, self.group, self.world = numel, nflags, group, world
         self.C, self.error_feedback = chunk, error_feedback
-        self._layout(numel, nflags, chunk, 1)
+        self._layout(numel, nflags, chunk, 1, device)
         C, N = chunk, self.nchunks
-        self.residual = torch.zeros(N * C, dtype=torch.float32, device=device)
+        self.residual = _residual(N, C, device)
         self.send = torch.empty(N, C + 4, dtype=torch.uint8, device=device)
         self.gathered = torch.empty(world * N, C + 4, dtype=torch.uint8, device=device)
         self.work = None
