@@ -182,8 +182,9 @@ inline void write_poisoned(float* r, int8_t* q, int64_t C) {
   std::memset(r, 0, C * sizeof(float));
 }
 
-// max |r| over a chunk (when the pass that built it did not cover all of it)
-AbsMax chunk_absmax(float* r, int64_t C) {
+// max |r| over a chunk (when no pass that built it took it: a residual about to be stored as a
+// record, or a chunk the gradients do not fully cover). max is order-free: every ISA agrees.
+AbsMax chunk_absmax_scalar(const float* r, int64_t C) {
   AbsMax m;
   for (int64_t j = 0; j < C; ++j) {
     float a = std::fabs(r[j]);
@@ -191,6 +192,48 @@ AbsMax chunk_absmax(float* r, int64_t C) {
     m.amax = a > m.amax ? a : m.amax;
   }
   return m;
+}
+
+SCALENN_TARGET_AVX512 AbsMax chunk_absmax_avx512(const float* r, int64_t C) {
+  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  int64_t j = 0;
+  for (; j + 16 <= C; j += 16) {
+    __m512 a = _mm512_abs_ps(_mm512_loadu_ps(r + j));
+    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
+    vmax = _mm512_max_ps(vmax, a);
+  }
+  AbsMax m = chunk_absmax_scalar(r + j, C - j);
+  const float amax = _mm512_reduce_max_ps(vmax);
+  m.nonfinite |= bad != 0;
+  m.amax = amax > m.amax ? amax : m.amax;
+  return m;
+}
+
+SCALENN_TARGET_AVX2 AbsMax chunk_absmax_avx2(const float* r, int64_t C) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), fmax = _mm256_set1_ps(FLT_MAX);
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= C; j += 8) {
+    __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(r + j));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+    vmax = _mm256_max_ps(vmax, a);
+  }
+  AbsMax m = chunk_absmax_scalar(r + j, C - j);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  for (float v : lanes) m.amax = v > m.amax ? v : m.amax;
+  m.nonfinite |= _mm256_movemask_ps(bad) != 0;
+  return m;
+}
+
+AbsMax chunk_absmax(CpuIsa isa, const float* r, int64_t C) {
+  switch (isa) {
+    case CpuIsa::avx512: return chunk_absmax_avx512(r, C);
+    case CpuIsa::avx2: return chunk_absmax_avx2(r, C);
+    default: return chunk_absmax_scalar(r, C);
+  }
 }
 
 void quantize_chunk_scalar(float* r, int8_t* q, float* scale_out, int64_t C, AbsMax m) {
@@ -382,7 +425,7 @@ float* load_residual(CpuIsa isa, Residual residual, int64_t c, int64_t C, float*
 // quantized (a float one already holds it).
 void store_residual(CpuIsa isa, Residual residual, int64_t c, int64_t C, float* r) {
   if (residual.records != nullptr)
-    quantize_chunk_to_record(isa, r, residual.records + c * (C + 4), C, chunk_absmax(r, C));
+    quantize_chunk_to_record(isa, r, residual.records + c * (C + 4), C, chunk_absmax(isa, r, C));
 }
 
 }  // namespace
@@ -425,7 +468,7 @@ void bucket_quantize_int8_chunks(CpuIsa isa, const BucketSegment* segs, int64_t 
     });
     // Chunks partly or not covered by gradients (the bucket's tail: flags, padding) hold
     // values the pass above did not see: take their max separately.
-    if (covered != C) m = chunk_absmax(r, C);
+    if (covered != C) m = chunk_absmax(isa, r, C);
     quantize_chunk_to_record(isa, r, records + c * (C + 4), C, m);
     store_residual(isa, residual, c, C, r);
   }

@@ -124,8 +124,10 @@ def run(args) -> harness.Report:
         "(all-reduce 2(W-1)/W x buffer; int8: all_to_all + all_gather of 1-byte values plus a "
         "4-byte scale per 1024 values).",
         "extra_buffer_MB: scalenn's communication buffers beyond the .grad tensors (bucket view: "
-        "the buckets are the .grad storage, so only flags/padding count). DDP keeps one copy of "
-        "the gradients in its buckets by design (none with gradient_as_bucket_view).",
+        "the buckets are the .grad storage, so only flags/padding count; int8: the send and "
+        "receive records and the error-feedback residuals, kept as int8 records on the CPU). DDP "
+        "keeps one copy of the gradients in its buckets by design (none with "
+        "gradient_as_bucket_view).",
         "Loopback moves bytes at memory speed, so compression saves less here than on a real "
         "network link, and its pack/quantize passes compete with the other rank and gloo's "
         "threads for the 2 cores; (a) and (b) are the pessimistic case for bf16/int8.",
