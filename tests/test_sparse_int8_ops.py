@@ -283,6 +283,14 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(TypeError, match="rel must be torch.uint8"):
         ops.sparse_int8_linear(x3, tv, tr.view(torch.int8), tb, to, tro, torch.ones(40), None,
                                "elem16")
+    w1 = torch.zeros(3, 8, dtype=torch.int8)
+    w1[0, 1], w1[2, 6] = 5, -3
+    one = fmt.pack(w1, "elem16")  # a single step
+    assert one.base.numel() == 1
+    gappy = torch.zeros(256, dtype=torch.uint8).as_strided((1, 64), (128, 2))  # not contiguous
+    with pytest.raises(ValueError, match="contiguous rows"):
+        ops.sparse_int8_linear(torch.randn(2, 8), gappy.view(torch.int8), gappy, *one[2:5],
+                               torch.ones(3), None, "elem16")
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
         ops.sparse_int8_pack(torch.full((2, 4), -128, dtype=torch.int8), "elem16")
     with pytest.raises(TypeError, match="w_int8 must be torch.int8"):

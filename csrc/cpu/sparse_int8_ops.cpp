@@ -33,6 +33,33 @@ void check_1d(const at::Tensor& t, at::ScalarType st, const std::string& name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
 }
 
+// elem16 as SparseInt8Linear keeps it: values and rel [steps, 64], rows of 64 contiguous bytes
+// the same stride (>= 64) apart (views of one interleaved array). Returns that stride.
+int64_t check_step_views(const at::Tensor& values, const at::Tensor& rel, SparseInt8Format f,
+                         int64_t steps, const char* op) {
+  const std::string o(op);
+  check_dtype(values, at::kChar, (o + ": values").c_str());
+  check_dtype(rel, at::kByte, (o + ": rel").c_str());
+  TORCH_CHECK_VALUE(f == SparseInt8Format::elem16 && values.dim() == 2 && rel.dim() == 2, op,
+                    ": 2-D values and rel are the elem16 step layout [steps, ", kElemStep,
+                    "] (both 2-D); other formats take 1-D arrays, got values ", values.sizes(),
+                    " and rel ", rel.sizes());
+  TORCH_CHECK_VALUE(values.device().is_cpu() && rel.device().is_cpu(), op,
+                    ": values and rel must be on the CPU");
+  const bool shape_ok = values.size(0) == steps && rel.size(0) == steps &&
+                        values.size(1) == kElemStep && rel.size(1) == kElemStep;
+  TORCH_CHECK_VALUE(shape_ok, op, ": for ", steps, " bases values and rel must be [", steps, ", ",
+                    kElemStep, "], got ", values.sizes(), " and ", rel.sizes());
+  // (With fewer than 2 rows the row stride is never used.)
+  const bool strides_ok = steps == 0 || ((values.stride(1) == 1 && rel.stride(1) == 1) &&
+                                         (steps == 1 || (values.stride(0) == rel.stride(0) &&
+                                                         values.stride(0) >= kElemStep)));
+  TORCH_CHECK_VALUE(strides_ok, op, ": 2-D values and rel need contiguous rows the same stride "
+                    "(>= ", kElemStep, ") apart, got strides ", values.strides(), " and ",
+                    rel.strides());
+  return steps <= 1 ? kElemStep : values.stride(0);
+}
+
 // What the loops rely on to stay in bounds, in O(N): array sizes and monotone row_offsets inside
 // [0, chunks]. The bases (4 * base < Kp; rel <= 255 past it is absorbed by the buffers' slack,
 // see sparse_int8_kernels.h) are checked by run_rows, each piece's before its kernel runs.
@@ -59,28 +86,7 @@ SparseInt8Weight check_weight(const at::Tensor& values, const at::Tensor& rel,
   const int64_t chunks = base.numel() * w.chunks_per_base();
   const int64_t entries = chunks * w.chunk_entries();
   if (steps_2d) {
-    // elem16 as SparseInt8Linear keeps it: rel and values [steps, 64] with rows of 64
-    // contiguous bytes the same stride apart (views of one interleaved array).
-    check_dtype(values, at::kChar, (o + ": values").c_str());
-    check_dtype(rel, at::kByte, (o + ": rel").c_str());
-    TORCH_CHECK_VALUE(w.format == SparseInt8Format::elem16 && values.dim() == 2 && rel.dim() == 2,
-                      op, ": 2-D values and rel are the elem16 step layout [steps, ", kElemStep,
-                      "] (both 2-D); other formats take 1-D arrays, got values ",
-                      values.sizes(), " and rel ", rel.sizes());
-    TORCH_CHECK_VALUE(values.device().is_cpu() && rel.device().is_cpu(), op,
-                      ": values and rel must be on the CPU");
-    const int64_t steps = base.numel();
-    const bool shape_ok = values.size(0) == steps && rel.size(0) == steps &&
-                          values.size(1) == kElemStep && rel.size(1) == kElemStep;
-    TORCH_CHECK_VALUE(shape_ok, op, ": for ", steps, " bases values and rel must be [", steps,
-                      ", ", kElemStep, "], got ", values.sizes(), " and ", rel.sizes());
-    const bool strides_ok = steps <= 1 || (values.stride(0) == rel.stride(0) &&
-                                           values.stride(0) >= kElemStep);
-    TORCH_CHECK_VALUE(strides_ok && (steps == 0 || (values.stride(1) == 1 && rel.stride(1) == 1)),
-                      op, ": 2-D values and rel need contiguous rows the same stride (>= ",
-                      kElemStep, ") apart, got strides ", values.strides(), " and ",
-                      rel.strides());
-    w.step_bytes = steps <= 1 ? kElemStep : values.stride(0);
+    w.step_bytes = check_step_views(values, rel, w.format, base.numel(), op);
   } else {
     TORCH_CHECK_VALUE(rel.numel() == entries && values.numel() == entries * w.entry_bytes(), op,
                       ": for ", base.numel(), " bases of the '", std::string(format),

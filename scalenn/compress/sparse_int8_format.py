@@ -144,7 +144,7 @@ def step_stream(values: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     are. A batch-1 call streams the packed weight from memory, and one stream beat two side by
     side: SparseInt8Linear 4096 x 4096, 90%, M = 1, in one run with the separate arrays
     (variants in random order, rotated from memory): 0.92-0.97x the time on 4 KiB pages,
-    0.85-0.96x on huge pages (csrc/cpu/sparse_int8_kernels.h: SparseInt8Weight.step_bytes)."""
+    0.85-0.95x on huge pages (csrc/cpu/sparse_int8_kernels.h: SparseInt8Weight.step_bytes)."""
     steps = rel.numel() // (4 * GROUP_ROWS)
     return torch.cat([rel.reshape(steps, 4 * GROUP_ROWS),
                       values.reshape(steps, 4 * GROUP_ROWS).view(torch.uint8)], dim=1)
