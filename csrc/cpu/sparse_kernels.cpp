@@ -37,6 +37,11 @@ struct CsrDecoder {
   int64_t vidx(int64_t, int64_t j) const { return j; }
   float value(int64_t, int64_t j) const { return v[j]; }
   int64_t col(int64_t, int64_t j) const { return static_cast<int64_t>(c[j]); }
+  // The lines of element j (value and index), for the row panel kernels' prefetch ahead.
+  void prefetch_element(int64_t j) const {
+    _mm_prefetch(reinterpret_cast<const char*>(v + j), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + j), _MM_HINT_T0);
+  }
 };
 
 // NK: kept values per group known at compile time (2), or 0 for a runtime count.
@@ -56,6 +61,10 @@ struct NmDecoder {
   int64_t col(int64_t n, int64_t j) const {
     const int64_t rel = j - n * L;
     return (NK ? rel / NK : rel / nkeep) * m + pos[j];
+  }
+  void prefetch_element(int64_t j) const {
+    _mm_prefetch(reinterpret_cast<const char*>(v + j), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(pos + j), _MM_HINT_T0);
   }
   // First element of row n at or after column k (k a multiple of m).
   int64_t begin_at(int64_t n, int64_t k) const { return n * L + k / m * nkeep; }
@@ -83,6 +92,7 @@ struct BsrDecoder {
   int64_t vidx(int64_t n, int64_t j) const { return ((j / C) * R + n % R) * C + j % C; }
   float value(int64_t n, int64_t j) const { return v[vidx(n, j)]; }
   int64_t col(int64_t, int64_t j) const { return static_cast<int64_t>(bcol[j / C]) * C + j % C; }
+  void prefetch_element(int64_t) const {}  // block rows run fwd_panel_bsr, not the row kernels
 };
 
 }  // namespace sparse_impl

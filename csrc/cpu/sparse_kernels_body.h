@@ -87,6 +87,13 @@ SN_TARGET static inline void write_panel_out(const float* out, int64_t P, int64_
   }
 }
 
+// Elements ahead the row kernels prefetch (past a row's end: the next rows'). The hardware
+// prefetchers left the value and index streams waiting on memory: 4096 x 4096, 90% CSR, M = 16,
+// weights rotated from memory: 1.23 -> 0.79 ms on 1 thread, 0.63 -> 0.42-0.44 ms on 2 (256
+// ahead: 0.89 / 0.47 ms, 1024: 0.81 / 0.45 ms). (8 FMA chains instead of 4 changed nothing,
+// with or without the prefetch.)
+constexpr int64_t kPrefetchElements = 512;
+
 // a[chain] += value * panel[col] over row n's elements [jb, je), dealt round-robin to the chains
 // (leftovers, fewer than kChains, on chain 0).
 template <int NV, class D>
@@ -94,6 +101,7 @@ SN_TARGET static inline void accumulate_row(const D& d, const float* panel, int6
                                             int64_t jb, int64_t je, vf (&a)[kChains][NV]) {
   int64_t j = jb;
   for (; j + kChains <= je; j += kChains) {
+    d.prefetch_element(j + kPrefetchElements);
 #pragma GCC unroll 4
     for (int c = 0; c < kChains; ++c) {
       const vf w = vset1(d.value(n, j + c));
