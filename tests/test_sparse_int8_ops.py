@@ -1,6 +1,6 @@
 """Sparse int8 ops on every ISA (and with AVX512_VBMI on and off): the packer round-trips, exact
 int32 accumulators against a float64 matmul for every kernel path (elem16: window passes of
-1-6 tokens, or without VBMI gather / 64-token panels; quad: window / gather for 1-2 tokens,
+1-8 tokens, or without VBMI gather / 64-token panels; quad: window / gather for 1-2 tokens,
 16/32/64-token panels), odd shapes, zero sizes, the largest K, the fused epilogue,
 NaN rows, bad input, opcheck."""
 import pytest

@@ -287,10 +287,12 @@ SCALENN_TARGET_AVX512_VBMI void elem16_window_avx512(const SparseInt8Weight& w,
   }
 }
 
-// Rows [n0, n1) for every token with the window kernel, in passes of up to 6 tokens over
-// blocks of 16 groups, whose weights stay in L2 across the passes. (Measured at 4096 x 4096,
-// 90%, interleaved: 6-token passes against 4: M = 16 -8-9%, M = 128 -1-3%, on 1 and 2 threads;
-// 8-token passes lost at M = 128, 16-token passes everywhere; blocks of 4 or 64 groups 5-10%.)
+// Rows [n0, n1) for every token with the window kernel, in passes of up to 8 tokens over
+// blocks of 16 groups, whose weights stay in L2 across the passes; 8 tokens' activation rows
+// (32 KiB at K = 4096) stay in L1. (Measured at 4096 x 4096, 90%, interleaved, weights from
+// memory: 8-token passes against 6: M = 8-16 -8-21%, M = 32-128 -1-8% on 1 and 2 threads,
+// since the stream layout and prefetch (before them 8 lost at M = 128); 6 against 4: M = 16
+// -8-9%; 16-token passes lost everywhere; blocks of 4 or 64 groups 5-10%.)
 SCALENN_TARGET_AVX512_VBMI void elem16_window_rows_avx512(const SparseInt8Weight& w,
                                                           const SparseInt8Problem& pr,
                                                           int64_t n0, int64_t n1) {
@@ -298,13 +300,15 @@ SCALENN_TARGET_AVX512_VBMI void elem16_window_rows_avx512(const SparseInt8Weight
   for (int64_t g0 = n0 / kElemRows; g0 < g_end; g0 += 16) {
     const int64_t g1 = std::min(g_end, g0 + 16);
     for (int64_t m0 = 0; m0 < pr.M;) {
-      switch (std::min<int64_t>(6, pr.M - m0)) {
+      switch (std::min<int64_t>(8, pr.M - m0)) {
         case 1: elem16_window_avx512<1, 2>(w, pr, m0, g0, g1); m0 += 1; break;
         case 2: elem16_window_avx512<2, 2>(w, pr, m0, g0, g1); m0 += 2; break;
         case 3: elem16_window_avx512<3, 1>(w, pr, m0, g0, g1); m0 += 3; break;
         case 4: elem16_window_avx512<4, 2>(w, pr, m0, g0, g1); m0 += 4; break;
         case 5: elem16_window_avx512<5, 1>(w, pr, m0, g0, g1); m0 += 5; break;
-        default: elem16_window_avx512<6, 1>(w, pr, m0, g0, g1); m0 += 6;
+        case 6:
+        case 7: elem16_window_avx512<6, 1>(w, pr, m0, g0, g1); m0 += 6; break;
+        default: elem16_window_avx512<8, 1>(w, pr, m0, g0, g1); m0 += 8;
       }
     }
   }

@@ -42,7 +42,7 @@
 // activations the kernel also sums each row's weights (one vpdpbusd with ones per chunk) and
 // subtracts 128 * sum, so no precomputed correction has to stay consistent with the values.
 //
-// AVX-512 kernels. "Window" kernels, per token (elem16: in passes of up to 6 tokens over blocks
+// AVX-512 kernels. "Window" kernels, per token (elem16: in passes of up to 8 tokens over blocks
 // of groups): an elem16 step (quad chunk) spans at most
 // kElemSpan columns (256 groups) from its cache-line aligned base, so the activations there are
 // loaded (2 / 16 zmm from L1) and used as a lookup table (vpermt2b / vpermt2d) that picks the
