@@ -71,7 +71,6 @@ class SparseInt8Linear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.register_load_state_dict_post_hook(SparseInt8Linear._validate_after_load)
-        self.place_weights()
 
     # ---------------------------------------------------------------- conversion
     @classmethod
@@ -206,8 +205,8 @@ class SparseInt8Linear(nn.Module):
         """Lay out the arrays the kernel streams for batch-1 speed, on the CPU: elem16's rel and
         values interleaved step by step into one stream (fmt.step_stream) on huge pages
         (layer_helpers.weight_memory), quad's rel, values and base in one huge-page buffer
-        (weight_memory_together). Done on construction, loading and device moves; a deep copy
-        lands in ordinary memory until this is called."""
+        (weight_memory_together). Done by the from_* constructors, on loading and on device
+        moves; a deep copy lands in ordinary memory until this is called."""
         b = self._buffers
         values = b["values"]
         # Elsewhere the op does not run; shared memory (share_memory()) must stay where other
@@ -236,10 +235,12 @@ class SparseInt8Linear(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         # model.to(torch.bfloat16) must not change the float32 scales and bias the kernel reads.
+        before = self._buffers["values"]
         out = apply_keeping_float32(
             self, lambda: super(SparseInt8Linear, self)._apply(fn, *args, **kwargs),
             ("weight_scale", "bias"))
-        self.place_weights()
+        if self._buffers["values"] is not before:  # moved or copied (dtype casts skip int8)
+            self.place_weights()
         return out
 
     def extra_repr(self) -> str:
