@@ -63,6 +63,14 @@ TORCH_LIBRARY(scalenn, m) {
   //   [N, C+4] on the CPU), out uint8 [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
   //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
   m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
+  // ---- shm: progress counters of the same-host transport (scalenn/distributed/shm.py) ----
+  // counters: 1-D contiguous int64 in memory shared between processes.
+  // shm_post: counters[index] = value (release store).
+  m.def("shm_post(Tensor(a!) counters, int index, int value) -> ()");
+  // shm_wait: until counters[first + i*stride] >= target for all i < count (acquire loads) or
+  //   timeout_s passed; returns -1 when all arrived, else the first i that had not.
+  m.def("shm_wait(Tensor counters, int first, int stride, int count, int target, "
+        "float timeout_s) -> int");
   // ---- sparse (issue 4): sparse weight [out_features, in_features] x dense activations ----
   // Layouts ("csr", "bsr:RxC", "nm:N:M") and their tensors: csrc/cpu/sparse_kernels.h.
   // y [M, out_features] = x [M, in_features] @ W^T (+ bias); float32. The layout's indices are

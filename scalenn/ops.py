@@ -154,4 +154,18 @@ def bucket_requantize_int8(records: torch.Tensor, residual: torch.Tensor,
     """out = int8 records of (sum over records.shape[0] arrays of q * s) + residual; residual
     becomes what that quantization lost (the reduce-scatter step, one pass)."""
     torch.ops.scalenn.bucket_requantize_int8(records, residual, out)
+def shm_post(counters: torch.Tensor, index: int, value: int) -> None:
+    """counters[index] = value, a release store (counters live in memory shared between
+    processes: scalenn/distributed/shm.py)."""
+    torch.ops.scalenn.shm_post(counters, int(index), int(value))
+
+
+def shm_wait(counters: torch.Tensor, first: int, stride: int, count: int, target: int,
+             timeout_s: float) -> int:
+    """Wait until counters[first + i * stride] >= target for all i < count; -1 when they did,
+    else (after timeout_s) the first i that did not."""
+    return torch.ops.scalenn.shm_wait(counters, int(first), int(stride), int(count), int(target),
+                                      float(timeout_s))
+
+
 from .ops_sparse import sparse_linear  # noqa: E402,F401  (sparse family, issue 4)

@@ -71,13 +71,20 @@ ROUNDING = {None: 2.0**-23, "bf16": 2.0**-7, "fp16": 2.0**-9}
 UNDERFLOW = {None: 0.0, "bf16": 0.0, "fp16": 2.0**-24}
 
 
-def scenario_exact(rank, world, report):
+# (compression, bucket views, half_sum_fp32, transport): "auto" is the same-host shared memory
+# for the float wires here (asserted below), the backend (gloo) for int8
+ALL_CONFIGS = [(None, False, False, "auto"), (None, True, False, "auto"),
+               ("bf16", False, False, "auto"), ("fp16", False, False, "auto"),
+               ("int8", False, False, "auto"),
+               (None, False, False, "backend"), (None, True, False, "backend"),
+               ("bf16", False, False, "backend"), ("bf16", False, True, "backend"),
+               ("fp16", False, False, "backend"), ("fp16", False, True, "backend")]
+
+
+def check_configs(rank, world, report, configs):
+    """3 steps of each config against the mean of per-rank reference gradients."""
     loss_fn = nn.CrossEntropyLoss()
-    # (compression, bucket views, half_sum_fp32)
-    configs = [(None, False, False), (None, True, False), ("bf16", False, False),
-               ("bf16", False, True), ("fp16", False, False), ("fp16", False, True),
-               ("int8", False, False)]
-    for compression, view, half_sum_fp32 in configs:
+    for compression, view, half_sum_fp32, transport in configs:
         gain_dtype = torch.float32 if view else torch.bfloat16
         torch.manual_seed(0)
         model = Net(gain_dtype)
@@ -85,8 +92,11 @@ def scenario_exact(rank, world, report):
         ref.load_state_dict(model.state_dict())
         sync = FusedAllReduce(model, bucket_mb=0.05, first_bucket_mb=0.005,
                               compression=compression, grad_as_bucket_view=view, timeout=60,
-                              int8_chunk=256, half_sum_fp32=half_sum_fp32)
-        key = f"{compression}{'_view' if view else ''}{'_fp32sum' if half_sum_fp32 else ''}"
+                              int8_chunk=256, half_sum_fp32=half_sum_fp32, transport=transport)
+        key = (f"{compression}{'_view' if view else ''}{'_fp32sum' if half_sum_fp32 else ''}"
+               f"{'_backend' if transport == 'backend' else ''}")
+        expected = "shm" if transport == "auto" and compression != "int8" else "backend"
+        assert sync.transport == expected, (key, sync.transport)
         int8_errors = []
         assert len(sync.buckets) >= 4, sync.bucket_order()
         for step in range(3):
@@ -129,7 +139,10 @@ def scenario_exact(rank, world, report):
                     step_got.append(got.flatten())
                     step_ref.append(mean.flatten())
                     continue
-                bound = ROUNDING[compression] * mag + UNDERFLOW[compression]
+                # W roundings of size u (the 1/W scalings and W - 1 sums): W/2 x the 2-rank
+                # bound; below fp16's normal range W + 1 roundings of half its spacing
+                bound = (ROUNDING[compression] * max(1.0, world / 2) * mag
+                         + UNDERFLOW[compression] * (world + 1) / 2)
                 if p.dtype == torch.bfloat16:  # the gradient itself is stored in bf16
                     bound = bound + 2.0**-8 * mean.abs()
                 err = (got - mean).abs()
@@ -155,6 +168,11 @@ def scenario_exact(rank, world, report):
         report[f"bytes_{key}"] = sync.last_bytes
         report[f"buckets_{key}"] = len(sync.buckets)
         sync.close()
+
+
+def scenario_exact(rank, world, report):
+    check_configs(rank, world, report, ALL_CONFIGS)
+    loss_fn = nn.CrossEntropyLoss()
 
     # NaN on one rank is propagated to every rank and detected
     torch.manual_seed(0)
@@ -204,6 +222,11 @@ def scenario_exact(rank, world, report):
     assert "backward() ran again" in errors["backward_twice"]
     report["misuse_errors"] = errors
     sync.close()
+
+
+def scenario_shm_world3(rank, world, report):
+    """The shared-memory transport with 3 ranks (3 shards, float32 sums over 3 slots)."""
+    check_configs(rank, world, report, [c for c in ALL_CONFIGS if c[3] == "auto" and c[0] != "int8"])
 
 
 def scenario_ddp_hook(rank, world, report):
@@ -315,11 +338,13 @@ def _fault_setup(rank):
     return model, torch.randn(8, 64)
 
 
-def scenario_kill(rank, world, report, timeout=20.0):
+def scenario_kill(rank, world, report, timeout=20.0, transport="backend"):
     """Rank 1 dies in the middle of its second backward pass (after its first bucket was sent);
     rank 0 must raise CollectiveError within the timeout."""
     model, x = _fault_setup(rank)
-    sync = FusedAllReduce(model, timeout=timeout, bucket_mb=0.01, first_bucket_mb=0.001)
+    sync = FusedAllReduce(model, timeout=timeout, bucket_mb=0.01, first_bucket_mb=0.001,
+                          transport=transport)
+    assert sync.transport == transport
     assert len(sync.buckets) >= 2
     model(x).sum().backward()
     sync.wait()
@@ -338,11 +363,17 @@ def scenario_kill(rank, world, report, timeout=20.0):
         raise AssertionError("wait() succeeded although rank 1 died")
 
 
-def scenario_hang(rank, world, report):
+def scenario_kill_shm(rank, world, report):
+    """As kill, on the shared-memory transport: nothing tells rank 0 that its peer is gone,
+    the wait on the peer's progress counter times out."""
+    scenario_kill(rank, world, report, timeout=4.0, transport="shm")
+
+
+def scenario_hang(rank, world, report, transport="shm"):
     """Rank 1 stops (sleeps) mid-run; rank 0 must raise CollectiveError after ~timeout."""
     timeout = 3.0
     model, x = _fault_setup(rank)
-    sync = FusedAllReduce(model, timeout=timeout)
+    sync = FusedAllReduce(model, timeout=timeout, transport=transport)
     model(x).sum().backward()
     sync.wait()
     if rank == 1:
@@ -357,6 +388,10 @@ def scenario_hang(rank, world, report):
         report["timeout"] = timeout
     else:
         raise AssertionError("wait() succeeded although rank 1 stopped")
+
+
+def scenario_hang_backend(rank, world, report):
+    scenario_hang(rank, world, report, transport="backend")
 
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()

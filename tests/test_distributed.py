@@ -14,14 +14,15 @@ WORKER = os.path.join(ROOT, "tests", "_dist_worker.py")
 WORLD = 2
 
 
-def launch(scenario, tmp_path, timeout=150, expect_exit=None, kill_after_rank0=False):
+def launch(scenario, tmp_path, timeout=150, expect_exit=None, kill_after_rank0=False,
+           world=WORLD):
     """Runs WORLD ranks of `scenario`; returns ({rank: result json or None}, {rank: output})."""
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    logs = [open(tmp_path / f"out{r}.txt", "w+") for r in range(WORLD)]
-    procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(r), str(WORLD), str(tmp_path)],
+    logs = [open(tmp_path / f"out{r}.txt", "w+") for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(r), str(world), str(tmp_path)],
                               env=env, stdout=logs[r], stderr=subprocess.STDOUT, cwd=ROOT)
-             for r in range(WORLD)]
+             for r in range(world)]
     deadline = time.monotonic() + timeout
     try:
         for r, p in enumerate(procs):
@@ -36,7 +37,7 @@ def launch(scenario, tmp_path, timeout=150, expect_exit=None, kill_after_rank0=F
                 p.kill()
                 p.wait()
     results, outputs = {}, {}
-    for r in range(WORLD):
+    for r in range(world):
         logs[r].seek(0)
         outputs[r] = logs[r].read()
         logs[r].close()
@@ -68,6 +69,12 @@ def test_fused_allreduce_matches_mean_of_rank_gradients(tmp_path):
 
 
 @pytest.mark.timeout(200)
+def test_shared_memory_transport_with_three_ranks(tmp_path):
+    results, outputs = launch("shm_world3", tmp_path, world=3)
+    assert_all_ok(results, outputs)
+
+
+@pytest.mark.timeout(200)
 def test_ddp_comm_hook(tmp_path):
     results, outputs = launch("ddp_hook", tmp_path)
     assert_all_ok(results, outputs)
@@ -91,8 +98,9 @@ def test_mismatched_models_fail_at_construction(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_killed_rank_makes_the_other_raise(tmp_path):
-    results, outputs = launch("kill", tmp_path, timeout=90)
+@pytest.mark.parametrize("scenario", ["kill", "kill_shm"])
+def test_killed_rank_makes_the_other_raise(tmp_path, scenario):
+    results, outputs = launch(scenario, tmp_path, timeout=90)
     assert results[1] is None, "rank 1 was supposed to die"
     res = results[0]
     assert res is not None and res["ok"], (res or {}).get("error", outputs[0][-3000:])
@@ -101,8 +109,9 @@ def test_killed_rank_makes_the_other_raise(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_stopped_rank_makes_the_other_raise_after_timeout(tmp_path):
-    results, outputs = launch("hang", tmp_path, timeout=90, kill_after_rank0=True)
+@pytest.mark.parametrize("scenario", ["hang", "hang_backend"])
+def test_stopped_rank_makes_the_other_raise_after_timeout(tmp_path, scenario):
+    results, outputs = launch(scenario, tmp_path, timeout=90, kill_after_rank0=True)
     res = results[0]
     assert res is not None and res["ok"], (res or {}).get("error", outputs[0][-3000:])
     assert "bucket 0 failed" in res["report"]["error"]

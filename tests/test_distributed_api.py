@@ -33,6 +33,10 @@ def test_argument_errors_are_clear():
         FusedAllReduce(model, compression="bf16", grad_as_bucket_view=True)
     with pytest.raises(ValueError, match="compression must be one of"):
         CompressedHookState(compression="fp8")
+    with pytest.raises(ValueError, match="transport must be 'auto', 'shm' or 'backend', got 'tcp'"):
+        FusedAllReduce(model, transport="tcp")
+    with pytest.raises(ValueError, match="int8 compression only pays on a network"):
+        FusedAllReduce(model, compression="int8", transport="shm")
 
 
 @pytest.mark.skipif(dist.is_available() and dist.is_initialized(),

@@ -133,3 +133,13 @@ def _bucket_unpack_int8_fake(records, grads):
 @torch.library.register_fake("scalenn::bucket_requantize_int8")
 def _bucket_requantize_int8_fake(records, residual, out):
     return None
+
+
+@torch.library.register_fake("scalenn::shm_post")
+def _shm_post_fake(counters, index, value):
+    return None
+
+
+@torch.library.register_fake("scalenn::shm_wait")
+def _shm_wait_fake(counters, first, stride, count, target, timeout_s):
+    return -1

@@ -88,17 +88,22 @@ def part_a(rounds, quick):
     syncs = {}
     variants = {"per-tensor all_reduce": run_per_tensor, "all_reduce_coalesced": run_coalesced,
                 "one flat buffer (floor)": run_flat}
-    for label, comp, view, fp32sum in (
-            ("scalenn", None, False, None), ("scalenn bucket view", None, True, None),
-            ("scalenn bf16", "bf16", False, False),
-            ("scalenn bf16, fp32 sum", "bf16", False, True),
-            ("scalenn fp16", "fp16", False, False),
-            ("scalenn int8", "int8", False, None)):
+    for label, comp, view, fp32sum, transport in (
+            ("scalenn shm", None, False, None, "shm"),
+            ("scalenn shm bucket view", None, True, None, "shm"),
+            ("scalenn shm bf16", "bf16", False, False, "shm"),
+            ("scalenn gloo", None, False, None, "backend"),
+            ("scalenn gloo bucket view", None, True, None, "backend"),
+            ("scalenn gloo bf16", "bf16", False, False, "backend"),
+            ("scalenn gloo bf16, fp32 sum", "bf16", False, True, "backend"),
+            ("scalenn gloo fp16", "fp16", False, False, "backend"),
+            ("scalenn gloo int8", "int8", False, None, "backend")):
         module = ShapesModule(shapes)
         for p in module.parameters():
             p.grad = torch.randn(p.shape)
         sync = FusedAllReduce(module, compression=comp, timeout=600, broadcast_parameters=False,
-                              grad_as_bucket_view=view, half_sum_fp32=bool(fp32sum))
+                              grad_as_bucket_view=view, half_sum_fp32=bool(fp32sum),
+                              transport=transport)
         n = len(sync.params)
 
         def run(sync=sync, n=n):
@@ -118,15 +123,17 @@ def part_a(rounds, quick):
     extra = {}
     for label, sync in syncs.items():
         sent[label] = sync.last_bytes["sent_bytes_per_rank"]
-        extra[label] = _buffer_bytes(sync) - (nbytes if label == "scalenn bucket view" else 0)
+        extra[label] = _buffer_bytes(sync) - (nbytes if "bucket view" in label else 0)
     return times, sent, extra, {"tensors": len(shapes), "MB": nbytes / 1e6}
 
 
 def _buffer_bytes(sync):
+    """This rank's communication buffers: the wires' tensors (on the shared-memory transport,
+    the rank's own slots; the other ranks' slots are theirs)."""
     total = 0
     for b in sync.buckets:
-        for t in vars(b.wire).values():
-            if isinstance(t, torch.Tensor):
+        for name, t in vars(b.wire).items():
+            if isinstance(t, torch.Tensor) and name != "slots":
                 total += t.numel() * t.element_size()
     return total
 
@@ -177,10 +184,16 @@ def part_b(rounds, quick, batch):
         ddp = DDP(copy())
         ddp.register_comm_hook(CompressedHookState(compression=comp), compressed_hook)
         variants[f"DDP + scalenn {comp} hook"] = plain_step(ddp)
-    for label, comp, view in (("scalenn", None, False), ("scalenn bucket view", None, True),
-                              ("scalenn bf16", "bf16", False), ("scalenn int8", "int8", False)):
+    for label, comp, view, transport in (
+            ("scalenn shm", None, False, "shm"), ("scalenn shm bucket view", None, True, "shm"),
+            ("scalenn shm bf16", "bf16", False, "shm"),
+            ("scalenn gloo", None, False, "backend"),
+            ("scalenn gloo bucket view", None, True, "backend"),
+            ("scalenn gloo bf16", "bf16", False, "backend"),
+            ("scalenn gloo int8", "int8", False, "backend")):
         m = copy()
-        sync = FusedAllReduce(m, compression=comp, grad_as_bucket_view=view, timeout=600)
+        sync = FusedAllReduce(m, compression=comp, grad_as_bucket_view=view, timeout=600,
+                              transport=transport)
         syncs[label] = sync
         variants[label] = sync_step(m, sync, set_to_none=not view)
     for fn in variants.values():
@@ -192,7 +205,7 @@ def part_b(rounds, quick, batch):
         sent[label] = sync.last_bytes["sent_bytes_per_rank"]
         buf = _buffer_bytes(sync)
         # with bucket views the flat buffer IS the gradient storage: not an extra copy
-        extra[label] = buf - (4 * nparams if label == "scalenn bucket view" else 0)
+        extra[label] = buf - (4 * nparams if "bucket view" in label else 0)
     return times, sent, extra, {"params": nparams, "batch": batch}
 
 

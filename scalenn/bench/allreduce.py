@@ -4,11 +4,13 @@ each, spawned by this benchmark), variants interleaved round by round, medians a
 (a) pure communication of a ResNet-50 tensor-size profile (161 tensors, ~102 MB fp32):
     per-tensor all_reduce, all_reduce_coalesced, one preallocated flat buffer (the floor: no
     packing at all), and scalenn's FusedAllReduce (its hooks fired in backward order, then
-    wait(): packing, 25 MB buckets, async collectives, unpacking), also bf16 and int8.
+    wait(): packing, 25 MB buckets, async collectives, unpacking) on both transports: "shm"
+    (the same-host shared-memory exchange, FusedAllReduce's default on one machine) and "gloo"
+    (the process group's collectives, what it uses across machines), also bf16, fp16, int8.
 (b) end-to-end step (forward + backward + gradient averaging) of an ~18.6M-parameter MLP,
     batch 32 per rank: no communication, DDP default, DDP gradient_as_bucket_view, DDP with
     torch's fp16 hook, DDP with scalenn's bf16 / int8 comm hook, scalenn FusedAllReduce
-    uncompressed / bucket view / bf16 / int8.
+    uncompressed / bucket view / bf16 on each transport, int8 on gloo.
 (c) the pack kernel alone, in this process: scalenn.ops.bucket_pack vs torch.cat + mul + cast.
 """
 import os
@@ -122,8 +124,14 @@ def run(args) -> harness.Report:
         "IQR of rank 0's wall time per call; time_vs_baseline = median / baseline's median.",
         "MB_sent_per_rank: bytes each rank puts on the wire per step by the ring algorithm "
         "(all-reduce 2(W-1)/W x buffer; int8: all_to_all + all_gather of 1-byte values plus a "
-        "4-byte scale per 1024 values).",
-        "extra_buffer_MB: scalenn's communication buffers beyond the .grad tensors (bucket view: "
+        "4-byte scale per 1024 values); shm: bytes the other ranks read from this rank's slot "
+        "(the same 2(W-1)/W x buffer, through memory instead of sockets).",
+        "shm = scalenn's same-host transport (scalenn/distributed/shm.py): the ranks pack into "
+        "slots of one shared-memory file, each sums its shard in float32 and copies the other "
+        "shards; gloo = the same FusedAllReduce on the process group's collectives (TCP over "
+        "loopback here, the path across machines). DDP has only the gloo path.",
+        "extra_buffer_MB: scalenn's communication buffers beyond the .grad tensors, per rank "
+        "(shm: the rank's own slots; bucket view: "
         "the buckets are the .grad storage, so only flags/padding count; int8: the send and "
         "receive records and the error-feedback residuals, kept as int8 records on the CPU). DDP "
         "keeps one copy of the gradients in its buckets by design (none with "

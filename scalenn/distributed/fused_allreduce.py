@@ -32,6 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from .. import ops
 from .buckets import plan_buckets
 from .model_check import check_same_model
+from .shm import SHM_DIR, ShmBuckets, ShmWire
 from .wire import check_compression, make_wire, wait_work
 
 _MB = 2**20
@@ -103,6 +104,13 @@ class FusedAllReduce:
             rounding, all_gather) instead of an all-reduce that sums in the wire dtype (the
             default). More accurate with many ranks; on gloo over loopback it measured slower
             for bf16 and even for fp16 (benchmarks/results/allreduce.md), so it is opt-in.
+        transport: "auto" (default), "shm" or "backend". "shm" averages the buckets through a
+            shared-memory file when every rank runs on one machine (scalenn/distributed/shm.py:
+            no sockets, float32 sums, one rounding); "backend" always uses the process group's
+            collectives. "auto" takes "shm" for gloo groups on one machine with compression
+            None/"bf16"/"fp16" and falls back to the backend otherwise (int8 exists to save
+            network bytes; through shared memory it would only add rounding). The choice is
+            in `self.transport`.
 
     Attributes after wait(): `found_inf` (any non-finite averaged gradient), `last_bytes`
     (bytes handed to collectives and bytes each rank sent in the last step), `buckets`.
@@ -112,7 +120,7 @@ class FusedAllReduce:
                  first_bucket_mb: float = 1.0, compression: Optional[str] = None,
                  error_feedback: bool = True, timeout=300.0, grad_as_bucket_view: bool = False,
                  broadcast_parameters: bool = True, int8_chunk: int = 1024,
-                 half_sum_fp32: bool = False):
+                 half_sum_fp32: bool = False, transport: str = "auto"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_compression(compression)
@@ -121,6 +129,11 @@ class FusedAllReduce:
                 raise ValueError(f"{name} must be a positive number of MB, got {v!r}")
         if isinstance(int8_chunk, bool) or not isinstance(int8_chunk, int) or int8_chunk < 16:
             raise ValueError(f"int8_chunk must be an integer >= 16, got {int8_chunk!r}")
+        if transport not in ("auto", "shm", "backend"):
+            raise ValueError(f"transport must be 'auto', 'shm' or 'backend', got {transport!r}")
+        if transport == "shm" and compression == "int8":
+            raise ValueError("transport='shm' carries float32/bf16/fp16 buckets; int8 compression "
+                             "only pays on a network: use transport='backend' (or 'auto')")
         if grad_as_bucket_view and compression is not None:
             raise ValueError(f"grad_as_bucket_view needs the float32 wire (compression=None), "
                              f"got compression={compression!r}")
@@ -147,6 +160,15 @@ class FusedAllReduce:
         first = next(iter(model.parameters()), None)
         self._comm_device = (first.device if backend == "nccl" and first is not None
                              else torch.device("cpu"))
+        if transport == "shm" and (backend != "gloo" or self._comm_device.type != "cpu"):
+            raise ValueError(f"transport='shm' needs a gloo process group and CPU parameters, "
+                             f"got backend {backend!r} on {self._comm_device}")
+        # The same-host transport is tried at each bucket plan (_build); "backend" if refused.
+        self._try_shm = (transport == "shm" or (
+            transport == "auto" and backend == "gloo" and self._comm_device.type == "cpu"
+            and compression in (None, "bf16", "fp16")))
+        self._require_shm = transport == "shm"
+        self.transport = "backend"
         check_same_model(model, process_group, self.rank, self.world, self._comm_device)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
@@ -192,14 +214,29 @@ class FusedAllReduce:
     # ------------------------------------------------------------------ buckets
     def _build(self, order: List[int]) -> None:
         groups = plan_buckets(order, self.numels, self.bucket_bytes, self.first_bucket_bytes)
+        shm = None
+        if self._try_shm:
+            sizes = [sum(self.numels[i] for i in members) + len(members) for members in groups]
+            shm = ShmBuckets(sizes, self.compression, self.group, self.rank, self.world,
+                             self.timeout)
+            if shm.region is None:
+                if self._require_shm:
+                    raise RuntimeError("scalenn.distributed.FusedAllReduce: transport='shm' but "
+                                       "the ranks cannot share memory (different machines, no "
+                                       f"{SHM_DIR}, or too little space in it)")
+                shm = None
+        self.transport = "shm" if shm is not None else "backend"
         self.buckets: List[_Bucket] = []
         self._bucket_of = [0] * len(self.params)
         self._offset_in_bucket = [0] * len(self.params)
         for bi, members in enumerate(groups):
             numel = sum(self.numels[i] for i in members)
-            wire = make_wire(numel, len(members), self.compression, self.group, self.world,
-                             self.device, self.int8_chunk, self.error_feedback,
-                             half_sum_fp32=self.half_sum_fp32)
+            if shm is not None:
+                wire = ShmWire(numel, len(members), shm, bi)
+            else:
+                wire = make_wire(numel, len(members), self.compression, self.group, self.world,
+                                 self.device, self.int8_chunk, self.error_feedback,
+                                 half_sum_fp32=self.half_sum_fp32)
             self.buckets.append(_Bucket(bi, members, self.numels, wire))
             off = 0
             for i in members:
@@ -305,6 +342,9 @@ class FusedAllReduce:
             b.flags[unused] = 0.0
         b.wire.launch(grads, b.flags, in_place=self.grad_as_bucket_view)
         b.launched = True
+        if self.transport == "shm":  # sum earlier buckets whose peers have caught up
+            for earlier in self.buckets[:b.index]:
+                earlier.wire.poll()
 
     # ------------------------------------------------------------------ public
     def wait(self) -> None:
