@@ -48,6 +48,9 @@ def parse_args():
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--compression", choices=["none", "bf16", "fp16", "int8"], default="none")
     p.add_argument("--bucket-mb", type=float, default=25.0)
+    p.add_argument("--transport", choices=["auto", "shm", "backend"], default="auto",
+                   help="auto: shared memory when all ranks share this machine (gloo), else the "
+                        "process group's collectives")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per process (default: cores / local processes)")
@@ -86,7 +89,7 @@ def main():
     model = SmallCNN().to(device)
     compression = None if args.compression == "none" else args.compression
     sync = FusedAllReduce(model, bucket_mb=args.bucket_mb, compression=compression,
-                          timeout=args.timeout)
+                          timeout=args.timeout, transport=args.transport)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     t0 = time.perf_counter()
@@ -124,8 +127,9 @@ def main():
         b = sync.last_bytes
         print(f"world {world}, compression {args.compression}: {steps} steps ({skipped} skipped) "
               f"in {elapsed:.1f}s, test accuracy {counts[0] / counts[1]:.4f}")
-        print(f"per step: {b['buckets']} bucket(s), {b['sent_bytes_per_rank'] / 1e6:.3f} MB sent "
-              f"per rank (fp32 gradients: {b['fp32_gradient_bytes'] / 1e6:.3f} MB)")
+        print(f"per step: {b['buckets']} bucket(s) over {sync.transport}, "
+              f"{b['sent_bytes_per_rank'] / 1e6:.3f} MB sent per rank (fp32 gradients: "
+              f"{b['fp32_gradient_bytes'] / 1e6:.3f} MB)")
     sync.close()
     dist.destroy_process_group()
 

@@ -12,6 +12,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_dist_worker.py")
 WORLD = 2
+SHM = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+needs_shm = pytest.mark.skipif(not SHM, reason="no writable /dev/shm (same-host transport)")
 
 
 def launch(scenario, tmp_path, timeout=150, expect_exit=None, kill_after_rank0=False,
@@ -68,6 +70,7 @@ def test_fused_allreduce_matches_mean_of_rank_gradients(tmp_path):
     assert report["bytes_int8"]["sent_bytes_per_rank"] < 0.3 * fp32
 
 
+@needs_shm
 @pytest.mark.timeout(200)
 def test_shared_memory_transport_with_three_ranks(tmp_path):
     results, outputs = launch("shm_world3", tmp_path, world=3)
@@ -98,7 +101,7 @@ def test_mismatched_models_fail_at_construction(tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("scenario", ["kill", "kill_shm"])
+@pytest.mark.parametrize("scenario", ["kill", pytest.param("kill_shm", marks=needs_shm)])
 def test_killed_rank_makes_the_other_raise(tmp_path, scenario):
     results, outputs = launch(scenario, tmp_path, timeout=90)
     assert results[1] is None, "rank 1 was supposed to die"
@@ -109,7 +112,7 @@ def test_killed_rank_makes_the_other_raise(tmp_path, scenario):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("scenario", ["hang", "hang_backend"])
+@pytest.mark.parametrize("scenario", [pytest.param("hang", marks=needs_shm), "hang_backend"])
 def test_stopped_rank_makes_the_other_raise_after_timeout(tmp_path, scenario):
     results, outputs = launch(scenario, tmp_path, timeout=90, kill_after_rank0=True)
     res = results[0]
