@@ -235,6 +235,36 @@ def scenario_shm_world3(rank, world, report):
     check_configs(rank, world, report, [c for c in ALL_CONFIGS if c[3] == "auto" and c[0] != "int8"])
 
 
+def scenario_view_race(rank, world, report):
+    """Bucket views on shared memory: .grad is this rank's slot, which the other ranks still
+    read (their step 3) after this rank's wait() returned. Rank 1 is made slow to read; rank 0
+    zeroes its .grad right after wait(). Both must still end with the same mean."""
+    from scalenn.distributed import shm
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    sync = FusedAllReduce(model, grad_as_bucket_view=True, transport="shm", timeout=30,
+                          bucket_mb=0.01, first_bucket_mb=0.001)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(rank))
+    if rank == 1:
+        original = shm.ShmBuckets.post
+
+        def slow_post(self, b, phase, gen):
+            original(self, b, phase, gen)
+            if phase == shm._REDUCED:
+                time.sleep(0.2)  # rank 0 gets its mean now and goes on; this rank copies later
+        shm.ShmBuckets.post = slow_post
+    for step in range(3):
+        model.zero_grad(set_to_none=False)
+        model(x).pow(2).sum().backward()
+        sync.wait()
+        mine = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
+        if rank == 0:
+            model.zero_grad(set_to_none=False)  # writes this rank's slot at once
+        got = gather(mine, world)
+        assert torch.equal(got[0], got[1]), f"step {step}: the ranks' means differ"
+    report["steps"] = 3
+
+
 def scenario_ddp_hook(rank, world, report):
     from torch.nn.parallel import DistributedDataParallel as DDP
     from scalenn.distributed import CompressedHookState, compressed_hook

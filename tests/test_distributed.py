@@ -77,6 +77,13 @@ def test_shared_memory_transport_with_three_ranks(tmp_path):
     assert_all_ok(results, outputs)
 
 
+@needs_shm
+@pytest.mark.timeout(120)
+def test_bucket_views_wait_until_every_rank_has_read_the_slot(tmp_path):
+    results, outputs = launch("view_race", tmp_path, timeout=90)
+    assert_all_ok(results, outputs)
+
+
 @pytest.mark.timeout(200)
 def test_ddp_comm_hook(tmp_path):
     results, outputs = launch("ddp_hook", tmp_path)

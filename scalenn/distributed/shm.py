@@ -203,6 +203,7 @@ class ShmWire(FloatWire):
         self.S = plan.shard[index]
         self.gen = 0
         self.state = "done"
+        self.in_place = False
         self.what = f"bucket {index}"
 
     def launch(self, grads: List[torch.Tensor], flags: Optional[torch.Tensor],
@@ -211,6 +212,7 @@ class ShmWire(FloatWire):
         # every rank must have read this slot's previous contents (its step-3 copies)
         plan.wait(self.index, _DONE, self.gen, True, self.what)
         self.gen += 1
+        self.in_place = in_place
         if in_place:
             self.flat[:self.numel].mul_(1.0 / self.world)
         else:
@@ -228,6 +230,10 @@ class ShmWire(FloatWire):
 
     def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
         self._progress(block=True)
+        if self.in_place:
+            # .grad is a view of this slot, and the next backward (or zero_grad) writes into it
+            # as soon as wait() returns: first every rank must have copied this rank's shard.
+            self.plan.wait(self.index, _DONE, self.gen, True, self.what)
         self.finish_local(grads)
 
     def _progress(self, block: bool) -> None:
