@@ -81,7 +81,7 @@ ALL_CONFIGS = [(None, False, False, "auto"), (None, True, False, "auto"),
                ("fp16", False, False, "backend"), ("fp16", False, True, "backend")]
 
 
-def check_configs(rank, world, report, configs):
+def check_configs(rank, world, report, configs, shm_transport="shm"):
     """3 steps of each config against the mean of per-rank reference gradients."""
     loss_fn = nn.CrossEntropyLoss()
     for compression, view, half_sum_fp32, transport in configs:
@@ -96,7 +96,7 @@ def check_configs(rank, world, report, configs):
         key = (f"{compression}{'_view' if view else ''}{'_fp32sum' if half_sum_fp32 else ''}"
                f"{'_backend' if transport == 'backend' else ''}")
         shm_usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-        expected = ("shm" if transport == "auto" and compression != "int8" and shm_usable
+        expected = (shm_transport if transport == "auto" and compression != "int8" and shm_usable
                     else "backend")
         assert sync.transport == expected, (key, sync.transport)
         int8_errors = []
@@ -233,6 +233,12 @@ def scenario_exact(rank, world, report):
 def scenario_shm_world3(rank, world, report):
     """The shared-memory transport with 3 ranks (3 shards, float32 sums over 3 slots)."""
     check_configs(rank, world, report, [c for c in ALL_CONFIGS if c[3] == "auto" and c[0] != "int8"])
+
+
+def scenario_two_machines(rank, world, report):
+    """2 x 2 ranks: shared memory on each "machine", the shards' all-reduce between them."""
+    check_configs(rank, world, report, [c for c in ALL_CONFIGS if c[3] == "auto"],
+                  shm_transport="shm+backend")
 
 
 def scenario_view_race(rank, world, report):

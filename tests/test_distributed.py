@@ -17,13 +17,14 @@ needs_shm = pytest.mark.skipif(not SHM, reason="no writable /dev/shm (same-host 
 
 
 def launch(scenario, tmp_path, timeout=150, expect_exit=None, kill_after_rank0=False,
-           world=WORLD):
+           world=WORLD, rank_env=None):
     """Runs WORLD ranks of `scenario`; returns ({rank: result json or None}, {rank: output})."""
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     logs = [open(tmp_path / f"out{r}.txt", "w+") for r in range(world)]
     procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(r), str(world), str(tmp_path)],
-                              env=env, stdout=logs[r], stderr=subprocess.STDOUT, cwd=ROOT)
+                              env=dict(env, **(rank_env or {}).get(r, {})), stdout=logs[r],
+                              stderr=subprocess.STDOUT, cwd=ROOT)
              for r in range(world)]
     deadline = time.monotonic() + timeout
     try:
@@ -74,6 +75,15 @@ def test_fused_allreduce_matches_mean_of_rank_gradients(tmp_path):
 @pytest.mark.timeout(200)
 def test_shared_memory_transport_with_three_ranks(tmp_path):
     results, outputs = launch("shm_world3", tmp_path, world=3)
+    assert_all_ok(results, outputs)
+
+
+@needs_shm
+@pytest.mark.timeout(200)
+def test_two_machines_shared_memory_within_backend_between(tmp_path):
+    """4 ranks pretending to be 2 machines of 2 (SCALENN_HOST_ID): "shm+backend"."""
+    machine = {r: {"SCALENN_HOST_ID": f"machine-{r // 2}"} for r in range(4)}
+    results, outputs = launch("two_machines", tmp_path, world=4, rank_env=machine)
     assert_all_ok(results, outputs)
 
 

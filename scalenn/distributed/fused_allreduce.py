@@ -32,7 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from .. import ops
 from .buckets import plan_buckets
 from .model_check import check_same_model
-from .shm import SHM_DIR, ShmBuckets, ShmWire
+from .shm import SHM_DIR, ShmBuckets, ShmWire, Topology
 from .wire import check_compression, make_wire, wait_work
 
 _MB = 2**20
@@ -105,12 +105,14 @@ class FusedAllReduce:
             default). More accurate with many ranks; on gloo over loopback it measured slower
             for bf16 and even for fp16 (benchmarks/results/allreduce.md), so it is opt-in.
         transport: "auto" (default), "shm" or "backend". "shm" averages the buckets through a
-            shared-memory file when every rank runs on one machine (scalenn/distributed/shm.py:
-            no sockets, float32 sums, one rounding); "backend" always uses the process group's
-            collectives. "auto" takes "shm" for gloo groups on one machine with compression
-            None/"bf16"/"fp16" and falls back to the backend otherwise (int8 exists to save
-            network bytes; through shared memory it would only add rounding). The choice is
-            in `self.transport`.
+            shared-memory file among the ranks of each machine (scalenn/distributed/shm.py: no
+            sockets, float32 sums, one rounding) and, with several machines, all-reduces each
+            rank's shard between machines with the backend ("shm+backend"; the same number of
+            ranks on every machine). "backend" always uses the process group's collectives.
+            "auto" takes shared memory for gloo groups with compression None/"bf16"/"fp16"
+            where the machines allow it and the backend otherwise (int8 exists to save network
+            bytes; through shared memory it would only add rounding). The choice is in
+            `self.transport`: "shm", "shm+backend" or "backend".
 
     Attributes after wait(): `found_inf` (any non-finite averaged gradient), `last_bytes`
     (bytes handed to collectives and bytes each rank sent in the last step), `buckets`.
@@ -170,6 +172,9 @@ class FusedAllReduce:
         self._require_shm = transport == "shm"
         self.transport = "backend"
         check_same_model(model, process_group, self.rank, self.world, self._comm_device)
+        self._shm_groups = None  # (this machine's group, rank, size; the cross-machine group)
+        if self._try_shm:
+            self._shm_groups = self._shared_memory_groups()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no parameters with requires_grad=True to synchronize")
@@ -211,21 +216,43 @@ class FusedAllReduce:
             _OPTIMIZER_HOOK = register_optimizer_step_pre_hook(_optimizer_step_guard)
         _LIVE.add(self)
 
+    def _refuse_shm(self, why: str) -> None:
+        if self._require_shm:
+            raise RuntimeError(f"scalenn.distributed.FusedAllReduce: transport='shm' but {why}")
+
+    def _shared_memory_groups(self):
+        topo = Topology(self.group, self.rank, self.world)
+        if topo.mode is None:
+            self._refuse_shm("the machines hold different numbers of ranks, or one rank each "
+                             f"(or lack {SHM_DIR})")
+            return None
+        if topo.mode == "shm":
+            return self.group, self.rank, self.world, None
+        local, cross = topo.subgroups(self.group)
+        return local, topo.local_rank, len(topo.local), cross
+
+    def _shared_memory_plan(self, groups: List[List[int]]) -> Optional[ShmBuckets]:
+        """The shared region for this bucket plan, or None (then on every rank) to use the
+        backend."""
+        local, local_rank, local_world, cross = self._shm_groups
+        sizes = [sum(self.numels[i] for i in members) + len(members) for members in groups]
+        plan = ShmBuckets(sizes, self.compression, local, local_rank, local_world, self.timeout,
+                          cross_group=cross, total_world=self.world)
+        ok = torch.tensor([int(plan.region is not None)], dtype=torch.int64)
+        if cross is not None:  # every machine must agree, or the collectives would differ
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=self.group)
+        if not int(ok[0]):
+            self._refuse_shm(f"some ranks could not map a shared file (no {SHM_DIR}, or too "
+                             "little space in it)")
+            return None
+        return plan
+
     # ------------------------------------------------------------------ buckets
     def _build(self, order: List[int]) -> None:
         groups = plan_buckets(order, self.numels, self.bucket_bytes, self.first_bucket_bytes)
-        shm = None
-        if self._try_shm:
-            sizes = [sum(self.numels[i] for i in members) + len(members) for members in groups]
-            shm = ShmBuckets(sizes, self.compression, self.group, self.rank, self.world,
-                             self.timeout)
-            if shm.region is None:
-                if self._require_shm:
-                    raise RuntimeError("scalenn.distributed.FusedAllReduce: transport='shm' but "
-                                       "the ranks cannot share memory (different machines, no "
-                                       f"{SHM_DIR}, or too little space in it)")
-                shm = None
-        self.transport = "shm" if shm is not None else "backend"
+        shm = self._shared_memory_plan(groups) if self._shm_groups is not None else None
+        self.transport = ("backend" if shm is None else
+                          "shm" if shm.cross_group is None else "shm+backend")
         self.buckets: List[_Bucket] = []
         self._bucket_of = [0] * len(self.params)
         self._offset_in_bucket = [0] * len(self.params)
@@ -342,9 +369,10 @@ class FusedAllReduce:
             b.flags[unused] = 0.0
         b.wire.launch(grads, b.flags, in_place=self.grad_as_bucket_view)
         b.launched = True
-        if self.transport == "shm":  # sum earlier buckets whose peers have caught up
+        if self.transport != "backend":  # sum earlier buckets whose peers have caught up
             for earlier in self.buckets[:b.index]:
-                earlier.wire.poll()
+                if not earlier.wire.poll():
+                    break  # in bucket order: the collectives between machines must match
 
     # ------------------------------------------------------------------ public
     def wait(self) -> None:

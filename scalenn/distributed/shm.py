@@ -5,8 +5,14 @@ Why: gloo moves every byte through TCP loopback - a copy into the kernel and a c
 rank, plus its own threads - and on this 2-core machine a 74.5 MB fp32 all-reduce took ~55 ms
 of the 103 ms DDP step (benchmarks/results/allreduce.md). Through shared memory the same
 average costs the memory passes alone: pack, sum one shard, copy the other shards. NCCL does the
-same between GPUs of one node; gloo has no such transport. Across machines (or when /dev/shm is
-missing or too small) FusedAllReduce keeps using the backend.
+same between GPUs of one node; gloo has no such transport.
+
+Several machines with the same number of ranks each ("shm+backend"): the exchange below runs
+within each machine, and between steps 2 and 3 every rank all-reduces its reduced shard with
+the ranks of the same local index on the other machines (one backend collective per local
+index, so K ranks per machine share the network traffic: each machine sends the bucket once,
+not K times). Otherwise (uneven machines, one rank per machine, /dev/shm missing or too small
+anywhere) FusedAllReduce uses the backend alone.
 
 Layout of the file: a control block of progress counters, then for each bucket one "slot" per
 rank ([W, S * W] elements of the wire dtype, shard length S). Protocol for bucket b in its g-th
@@ -32,9 +38,12 @@ import torch
 import torch.distributed as dist
 
 from .. import ops
-from .wire import WIRE_DTYPE, CollectiveError, FloatWire, _ceil_div
+from .wire import WIRE_DTYPE, CollectiveError, FloatWire, _ceil_div, wait_work
 
 SHM_DIR = "/dev/shm"
+# Processes with the same value count as one machine. For containers whose hostname and boot id
+# do not identify the machine, and for tests that pretend to be several machines.
+HOST_ID_ENV = "SCALENN_HOST_ID"
 _LINE = 8     # int64 counters per (rank, bucket): one cache line, so ranks never share one
 _ARRIVED, _REDUCED, _DONE = 0, 1, 2
 _ALIGN = 4096  # slots start on page boundaries
@@ -42,13 +51,16 @@ _ALIGN = 4096  # slots start on page boundaries
 
 def _host_id() -> int:
     """Equal on processes of one machine (hostname and kernel boot id), different elsewhere."""
-    boot = ""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        pass
-    digest = hashlib.sha256(f"{socket.gethostname()}/{boot}".encode()).digest()
+    name = os.environ.get(HOST_ID_ENV)
+    if not name:
+        boot = ""
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+        except OSError:
+            pass
+        name = f"{socket.gethostname()}/{boot}"
+    digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[:8], "little", signed=True) >> 1  # 63 bits: -x cannot overflow
 
 
@@ -56,6 +68,43 @@ def _same_on_all_ranks(value: int, group) -> bool:
     t = torch.tensor([value, -value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
     return int(t[0]) == value and -int(t[1]) == value
+
+
+class Topology:
+    """Where the ranks of `group` run (collective: one all_gather of host ids). `nodes`: group
+    ranks per machine, in rank order; `local`: this rank's machine; `mode`: "shm" (one machine),
+    "shm+backend" (several, the same number of ranks on each, more than one), or None."""
+
+    def __init__(self, group, rank: int, world: int):
+        ids = torch.zeros(world, dtype=torch.int64)
+        usable = sys.platform.startswith("linux") and os.path.isdir(SHM_DIR)
+        # a rank without /dev/shm is a machine of its own: no shared memory with anyone
+        mine = torch.tensor([_host_id() if usable else -1 - rank], dtype=torch.int64)
+        dist.all_gather_into_tensor(ids, mine, group=group)
+        nodes = {}
+        for r, h in enumerate(ids.tolist()):
+            nodes.setdefault(h, []).append(r)
+        self.nodes = list(nodes.values())
+        self.local = next(n for n in self.nodes if rank in n)
+        self.local_rank = self.local.index(rank)
+        sizes = {len(n) for n in self.nodes}
+        if len(self.nodes) == 1:
+            self.mode = "shm"
+        elif len(sizes) == 1 and len(self.local) > 1:
+            self.mode = "shm+backend"
+        else:
+            self.mode = None
+
+    def subgroups(self, group):
+        """(this machine's ranks, this local index's ranks on every machine) as new process
+        groups; created only by their members (use_local_synchronization)."""
+        def global_rank(r):
+            return dist.get_global_rank(group, r) if group is not None else r
+        local = dist.new_group([global_rank(r) for r in self.local],
+                               use_local_synchronization=True)
+        cross = dist.new_group([global_rank(n[self.local_rank]) for n in self.nodes],
+                               use_local_synchronization=True)
+        return local, cross
 
 
 class SharedRegion:
@@ -142,9 +191,14 @@ class ShmBuckets:
     """The shared region of one bucket plan: counters and every bucket's W slots."""
 
     def __init__(self, sizes: List[int], compression, group, rank: int, world: int,
-                 timeout: datetime.timedelta):
-        """sizes: elements (gradients + flags) per bucket. Collective; check `.region`."""
+                 timeout: datetime.timedelta, cross_group=None, total_world: Optional[int] = None):
+        """sizes: elements (gradients + flags) per bucket; group/rank/world: this machine's
+        ranks; cross_group: the same local index on the other machines (None: one machine);
+        total_world: ranks on all machines (the 1/W of the mean). Collective over `group`;
+        check `.region`."""
         self.rank, self.world, self.timeout = rank, world, timeout
+        self.cross_group = cross_group
+        self.total_world = total_world or world
         self.dtype = WIRE_DTYPE[compression]
         self.nbuckets = len(sizes)
         self.shard = [_ceil_div(n, world) for n in sizes]
@@ -190,13 +244,15 @@ class ShmWire(FloatWire):
     (gradients then flags; it holds the mean after finish, so FloatWire's result accessors and
     unpack apply); launch / middle / finish follow the protocol above, and `poll()` advances it
     without blocking (called as later buckets launch, so the sums overlap the rest of the
-    backward pass when a peer is ready). sent_bytes: what the other ranks read from this rank's
-    slot ((W-1) shards to reduce, then its reduced shard W-1 times): the ring all-reduce's
-    2 (W-1)/W of the buffer."""
+    backward pass when a peer is ready). sent_bytes: what the other ranks of this machine read
+    from this rank's slot ((W-1) shards to reduce, then its reduced shard W-1 times: the ring
+    all-reduce's 2 (W-1)/W of the buffer), plus what the all-reduce of its shard between
+    machines sends."""
 
     def __init__(self, numel: int, nflags: int, plan: ShmBuckets, index: int):
         self.numel, self.nflags, self.plan, self.index = numel, nflags, plan, index
         self.world, self.rank = plan.world, plan.rank
+        self.work = None  # the all-reduce of this rank's shard between machines
         self.dtype = plan.dtype
         self.slots = plan.slots(index)
         self.flat = self.slots[self.rank, :numel + nflags]
@@ -213,20 +269,35 @@ class ShmWire(FloatWire):
         plan.wait(self.index, _DONE, self.gen, True, self.what)
         self.gen += 1
         self.in_place = in_place
+        scale = 1.0 / self.plan.total_world
         if in_place:
-            self.flat[:self.numel].mul_(1.0 / self.world)
+            self.flat[:self.numel].mul_(scale)
         else:
-            ops.bucket_pack(grads, self.flat, 1.0 / self.world)
+            ops.bucket_pack(grads, self.flat, scale)
         if flags is not None:
             self.flat[self.numel:].copy_(flags)
         plan.post(self.index, _ARRIVED, self.gen)
         self.state = "arrived"
 
-    def poll(self) -> None:
+    def sent_bytes(self) -> int:
+        local = super().sent_bytes()
+        if self.plan.cross_group is None:
+            return local
+        machines = self.plan.total_world // self.world
+        shard = self.S * self.flat.element_size()
+        return local + int(2 * (machines - 1) / machines * shard)
+
+    def poll(self) -> bool:
+        """Advance without blocking; True once past the local sum (its shard's all-reduce
+        between machines started, or done). The caller stops at the first False, so those
+        collectives start in bucket order on every rank."""
         self._progress(block=False)
+        return self.state != "arrived"
 
     def middle(self, timeout, rank: int, what: str) -> None:
-        self._progress(block=True)
+        # Only this rank's own step (the local sum, and starting its shard's collective): the
+        # rest may wait on peers that are still starting later buckets' collectives.
+        self._progress(block=True, local_sum_only=True)
 
     def finish(self, grads: Optional[List[torch.Tensor]], timeout, rank: int, what: str) -> None:
         self._progress(block=True)
@@ -236,12 +307,26 @@ class ShmWire(FloatWire):
             self.plan.wait(self.index, _DONE, self.gen, True, self.what)
         self.finish_local(grads)
 
-    def _progress(self, block: bool) -> None:
+    def _progress(self, block: bool, local_sum_only: bool = False) -> None:
         plan, b, g, S, r = self.plan, self.index, self.gen, self.S, self.rank
         if self.state == "arrived":
             if not plan.wait(b, _ARRIVED, g, block, self.what):
                 return
-            self._reduce_shard(self.slots[:, r * S:(r + 1) * S], self.slots[r, r * S:(r + 1) * S])
+            mine = self.slots[r, r * S:(r + 1) * S]
+            self._reduce_shard(self.slots[:, r * S:(r + 1) * S], mine)
+            if plan.cross_group is None:
+                plan.post(b, _REDUCED, g)
+                self.state = "reduced"
+            else:
+                self.work = dist.all_reduce(mine, group=plan.cross_group, async_op=True)
+                self.state = "crossing"
+        if local_sum_only:
+            return
+        if self.state == "crossing":
+            if not block and not self.work.is_completed():
+                return
+            work, self.work = self.work, None
+            wait_work(work, plan.timeout, self.what + " (between machines)", r)
             plan.post(b, _REDUCED, g)
             self.state = "reduced"
         if self.state == "reduced":
