@@ -64,17 +64,19 @@ def test_a_second_process_sees_payload_once_the_counter_arrives(tmp_path):
 
 def test_bad_arguments_are_refused():
     c = torch.zeros(8, dtype=torch.int64)
-    with pytest.raises(RuntimeError, match="out of range"):
+    with pytest.raises(ValueError, match="index 8 out of range for 8 counters"):
         ops.shm_post(c, 8, 1)
-    with pytest.raises(RuntimeError, match="out of range"):
+    with pytest.raises(ValueError, match="out of range"):
         ops.shm_post(c, -1, 1)
-    with pytest.raises(RuntimeError, match="out of range"):
+    with pytest.raises(ValueError, match="out of range"):
         ops.shm_wait(c, 2, 3, 3, 1, 0.0)  # 2 + 2 * 3 = 8
-    with pytest.raises(RuntimeError, match="must be int64"):
+    with pytest.raises(TypeError, match="counters must be torch.int64, got torch.int32"):
         ops.shm_post(torch.zeros(8, dtype=torch.int32), 0, 1)
-    with pytest.raises(RuntimeError, match="1-D contiguous"):
+    with pytest.raises(ValueError, match="must be contiguous"):
         ops.shm_wait(torch.zeros(8, 2, dtype=torch.int64)[:, 0], 0, 1, 1, 0, 0.0)
-    with pytest.raises(RuntimeError, match="timeout_s must be >= 0"):
+    with pytest.raises(ValueError, match="must be 1-D"):
+        ops.shm_wait(torch.zeros(4, 2, dtype=torch.int64), 0, 1, 1, 0, 0.0)
+    with pytest.raises(ValueError, match="timeout_s must be >= 0"):
         ops.shm_wait(c, 0, 1, 1, 0, -1.0)
 
 

@@ -15,6 +15,8 @@
 
 #include <sched.h>
 
+#include "../checks.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SCALENN_CPU_RELAX() _mm_pause()
@@ -26,20 +28,20 @@
 
 namespace {
 
-int64_t* counters_data(const at::Tensor& counters, const char* op) {
-  TORCH_CHECK(counters.device().is_cpu(), op, ": counters must be a CPU tensor, got ",
-              counters.device());
-  TORCH_CHECK(counters.scalar_type() == at::kLong, op, ": counters must be int64, got ",
-              counters.scalar_type());
-  TORCH_CHECK(counters.dim() == 1 && counters.is_contiguous(), op,
-              ": counters must be a 1-D contiguous tensor");
+int64_t* counters_data(const at::Tensor& counters, const std::string& op) {
+  const std::string name = op + ": counters";
+  TORCH_CHECK_VALUE(counters.device().is_cpu(), name, " must be a CPU tensor, got ",
+                    counters.device());
+  scalenn::check_dtype(counters, at::kLong, name.c_str());
+  scalenn::check_dim(counters, 1, name.c_str());
+  scalenn::check_contiguous(counters, name.c_str());
   return counters.data_ptr<int64_t>();
 }
 
 void shm_post_cpu(const at::Tensor& counters, int64_t index, int64_t value) {
   int64_t* c = counters_data(counters, "shm_post");
-  TORCH_CHECK(index >= 0 && index < counters.numel(), "shm_post: index ", index,
-              " out of range for ", counters.numel(), " counters");
+  TORCH_CHECK_VALUE(index >= 0 && index < counters.numel(), "shm_post: index ", index,
+                    " out of range for ", counters.numel(), " counters");
   __atomic_store_n(c + index, value, __ATOMIC_RELEASE);
 }
 
@@ -53,11 +55,11 @@ void shm_post_cpu(const at::Tensor& counters, int64_t index, int64_t value) {
 int64_t shm_wait_cpu(const at::Tensor& counters, int64_t first, int64_t stride, int64_t count,
                      int64_t target, double timeout_s) {
   const int64_t* c = counters_data(counters, "shm_wait");
-  TORCH_CHECK(count >= 0 && stride >= 1 && first >= 0 &&
-                  (count == 0 || first + (count - 1) * stride < counters.numel()),
-              "shm_wait: counters [", first, " + i * ", stride, " for i < ", count,
-              "] out of range for ", counters.numel(), " counters");
-  TORCH_CHECK(timeout_s >= 0, "shm_wait: timeout_s must be >= 0, got ", timeout_s);
+  TORCH_CHECK_VALUE(count >= 0 && stride >= 1 && first >= 0 &&
+                        (count == 0 || first + (count - 1) * stride < counters.numel()),
+                    "shm_wait: counters [", first, " + i * ", stride, " for i < ", count,
+                    "] out of range for ", counters.numel(), " counters");
+  TORCH_CHECK_VALUE(timeout_s >= 0, "shm_wait: timeout_s must be >= 0, got ", timeout_s);
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto limit = std::chrono::duration<double>(timeout_s);
