@@ -126,6 +126,9 @@ def test_killed_rank_makes_the_other_raise(tmp_path, scenario):
     assert res is not None and res["ok"], (res or {}).get("error", outputs[0][-3000:])
     assert "peer rank may have died" in res["report"]["error"]
     assert res["report"]["seconds"] <= res["report"]["timeout"] + 5
+    if scenario == "kill_shm":  # found through the dead process's lock, not the 20 s timeout
+        assert "its process exited" in res["report"]["error"], res["report"]["error"]
+        assert res["report"]["seconds"] < 5, res["report"]
 
 
 @pytest.mark.timeout(120)

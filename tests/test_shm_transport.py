@@ -86,17 +86,49 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.scalenn.shm_wait.default, (c, 1, 4, 3, 0, 0.0))
 
 
-@pytest.mark.skipif(not os.path.isdir(shm.SHM_DIR), reason="no /dev/shm")
+needs_shm = pytest.mark.skipif(not os.path.isdir(shm.SHM_DIR), reason="no /dev/shm")
+
+
+@needs_shm
 def test_region_file_is_reserved_mapped_and_shared(tmp_path):
-    path = shm.os.path.join(shm.SHM_DIR, f"scalenn-test-{os.getpid()}")
+    path = os.path.join(shm.SHM_DIR, f"scalenn-test-{os.getpid()}")
     assert shm.SharedRegion._create(path, 1 << 20)
     try:
         assert not shm.SharedRegion._create(path, 1 << 20)  # O_EXCL: never reuses a name
-        a = shm.SharedRegion._map(path, 1 << 20)
-        b = shm.SharedRegion._map(path, 1 << 20)
-        assert shm.SharedRegion._map(path, 2 << 20) is None  # smaller than asked: refused
+        a = shm.SharedRegion._map(path, 1 << 20, 0)
+        b = shm.SharedRegion._map(path, 1 << 20, 1)
+        assert shm.SharedRegion._map(path, 2 << 20, 2) is None  # smaller than asked: refused
         a.bytes[12345] = 77
         assert int(b.bytes[12345]) == 77
     finally:
         os.unlink(path)
-    assert shm.SharedRegion._map(path, 1 << 20) is None  # gone
+    assert shm.SharedRegion._map(path, 1 << 20, 0) is None  # gone
+
+
+def _hold_rank_1(path, ready, stop):
+    region = shm.SharedRegion._map(path, 4096, 1)
+    assert region is not None
+    ready.set()
+    stop.wait(60)
+
+
+@needs_shm
+def test_a_dead_rank_is_seen_through_its_lock():
+    """Each rank locks its byte of the file; the kernel drops the lock with the process."""
+    path = os.path.join(shm.SHM_DIR, f"scalenn-test-lock-{os.getpid()}")
+    assert shm.SharedRegion._create(path, 4096)
+    try:
+        mine = shm.SharedRegion._map(path, 4096, 0)
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        peer = ctx.Process(target=_hold_rank_1, args=(path, ready, stop))
+        peer.start()
+        assert ready.wait(60)
+        assert mine.alive(1)
+        assert mine.alive(1)  # probing does not take the lock away
+        peer.kill()
+        peer.join(timeout=60)
+        assert not mine.alive(1)
+        assert not mine.alive(2)  # a rank that never mapped it
+    finally:
+        os.unlink(path)

@@ -25,15 +25,19 @@ agrees):
      0..W-1, float32, one rounding) of shard r of slot q; post REDUCED = g.
   3. gather: wait for every rank's REDUCED; copy shard q of slot q into slot r for q != r; post
      DONE = g. Slot r now holds the mean, and .grad is unpacked from it (or is a view of it).
-A rank that never posts makes the others raise CollectiveError after the timeout.
+A rank that never posts makes the others raise CollectiveError after the timeout; one whose
+process is gone, within about half a second (each rank holds a POSIX lock on its byte of the
+file, which the kernel drops when the process dies, whatever killed it).
 """
 import datetime
+import fcntl
 import hashlib
 import mmap
 import os
 import secrets
 import socket
 import sys
+import time
 from typing import List, Optional
 
 import torch
@@ -49,6 +53,7 @@ HOST_ID_ENV = "SCALENN_HOST_ID"
 _LINE = 8     # int64 counters per (rank, bucket): one cache line, so ranks never share one
 _ARRIVED, _REDUCED, _DONE = 0, 1, 2
 _ALIGN = 4096  # slots start on page boundaries
+_LIVENESS_S = 0.5  # a blocked wait checks this often whether the rank it waits for still lives
 
 
 def _host_id() -> int:
@@ -115,9 +120,24 @@ class SharedRegion:
     Use `SharedRegion.open(...)`, which returns None (on every rank) when the ranks cannot
     share memory."""
 
-    def __init__(self, mapping: mmap.mmap, nbytes: int):
+    def __init__(self, mapping: mmap.mmap, nbytes: int, fd: int):
         self._mapping = mapping  # kept alive as long as the tensors viewing it
+        self._fd = fd  # open for the region's life: it holds this rank's liveness lock
         self.bytes = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes)
+
+    def alive(self, rank: int) -> bool:
+        """Whether `rank`'s process still holds its lock (taken when it mapped the file)."""
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, rank)
+        except OSError:
+            return True  # its exclusive lock is there
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, rank)
+        return False
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
 
     @classmethod
     def open(cls, nbytes: int, group, rank: int, world: int) -> Optional["SharedRegion"]:
@@ -137,7 +157,7 @@ class SharedRegion:
         region = None
         if int(header[0]):
             path = cls._path(int(header[1]), int(header[2]))
-            region = cls._map(path, nbytes)
+            region = cls._map(path, nbytes, rank)
         ok = torch.tensor([int(region is not None)], dtype=torch.int64)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
         if rank == 0 and path is not None and int(header[0]):
@@ -169,20 +189,23 @@ class SharedRegion:
             os.close(fd)
 
     @classmethod
-    def _map(cls, path: str, nbytes: int) -> Optional["SharedRegion"]:
+    def _map(cls, path: str, nbytes: int, rank: int) -> Optional["SharedRegion"]:
+        """Maps the file and locks byte `rank` of it for as long as the region lives. (POSIX
+        locks belong to the process and go when it closes any descriptor of the file: hence
+        one descriptor, kept, per region.)"""
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
             return None
         try:
             if os.fstat(fd).st_size < nbytes:
-                return None
-            return cls(mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
-                       nbytes)
+                raise ValueError("smaller than expected")
+            mapping = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
+            return cls(mapping, nbytes, fd)
         except (OSError, ValueError):
-            return None
-        finally:
             os.close(fd)
+            return None
 
 
 def _aligned(n: int) -> int:
@@ -226,19 +249,27 @@ class ShmBuckets:
 
     def wait(self, b: int, phase: int, gen: int, block: bool, what: str) -> bool:
         """True once every rank posted `gen` for (b, phase); False if not yet (block=False);
-        CollectiveError after the timeout (block=True)."""
+        CollectiveError after the timeout, or as soon as the awaited rank's process is gone
+        (block=True)."""
         timeout = self.timeout.total_seconds() if block else 0.0
-        missing = ops.shm_wait(self.counters, b * _LINE + phase, self.nbuckets * _LINE,
-                               self.world, gen, timeout)
-        if missing < 0:
-            return True
-        if not block:
-            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            missing = ops.shm_wait(self.counters, b * _LINE + phase, self.nbuckets * _LINE,
+                                   self.world, gen, max(0.0, min(left, _LIVENESS_S)))
+            if missing < 0:
+                return True
+            if not block:
+                return False
+            gone = not self.region.alive(missing)
+            if gone or left <= _LIVENESS_S:
+                break
         step = {_ARRIVED: "packing", _REDUCED: "reducing its shard", _DONE: "reading"}[phase]
+        why = "its process exited" if gone else f"it did not finish {step}"
         raise CollectiveError(
             f"scalenn.distributed: {what} failed on rank {self.rank} (a peer rank may have "
             f"died, stopped, or be running a different model/step; timeout {timeout:g}s): "
-            f"rank {missing} did not finish {step} (shared-memory transport)")
+            f"rank {missing} of this machine: {why} (shared-memory transport)")
 
 
 class ShmWire(FloatWire):
