@@ -92,9 +92,9 @@ class FusedAllReduce:
         error_feedback: for "int8": add what quantization lost to the next step's gradient
             (both for the local and for the per-shard requantization). Ignored otherwise.
         timeout: seconds (or timedelta) to wait for any collective before raising
-            CollectiveError (a peer rank died or stopped). On gloo a peer that died is often
-            noticed at once (its sockets close); on the shared-memory transport only by this
-            timeout, so keep it short where a fast failure matters.
+            CollectiveError (a peer rank died or stopped; a peer whose process died is
+            usually noticed sooner: gloo sees its sockets close, the shared-memory transport
+            its lock go).
         grad_as_bucket_view: (float32 wire only) make each .grad a view into its bucket, so
             gradients are accumulated in place and no unpack copy is needed. Use
             optimizer.zero_grad(set_to_none=False) with it, or the views get replaced (and
