@@ -143,7 +143,11 @@ def test_stopped_rank_makes_the_other_raise_after_timeout(tmp_path, scenario):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_example_runs_under_torchrun(tmp_path):
+@pytest.mark.parametrize("compression,transport", [
+    ("int8", "backend"),  # int8 goes through gloo
+    pytest.param("bf16", "shm", marks=needs_shm),  # the default on one machine
+])
+def test_example_runs_under_torchrun(tmp_path, compression, transport):
     """examples/train_ddp.py as a user runs it: torchrun --standalone --nproc_per_node=2."""
     from scalenn.data import fashion_mnist_available
     if not fashion_mnist_available():
@@ -155,11 +159,12 @@ def test_example_runs_under_torchrun(tmp_path):
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2",
                            os.path.join(ROOT, "examples", "train_ddp.py"), "--limit", "4000",
-                           "--compression", "int8", "--timeout", "60"],
+                           "--compression", compression, "--timeout", "60"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert "world 2, compression int8" in out and "test accuracy" in out
+    assert f"world 2, compression {compression}" in out and "test accuracy" in out
+    assert f"bucket(s) over {transport}," in out, out[-2000:]
     assert out.count("test accuracy") == 1  # rank 0 only
     acc = float(out.split("test accuracy ")[1].split()[0])
     assert acc > 0.6, out[-2000:]
