@@ -172,7 +172,6 @@ class FusedAllReduce:
             transport == "auto" and backend == "gloo" and self._comm_device.type == "cpu"
             and compression in (None, "bf16", "fp16")))
         self._require_shm = transport == "shm"
-        self.transport = "backend"
         check_same_model(model, process_group, self.rank, self.world, self._comm_device)
         self._shm_groups = None  # (this machine's group, rank, size; the cross-machine group)
         if self._try_shm:
@@ -205,6 +204,7 @@ class FusedAllReduce:
         self._touched = [False] * len(self.params)  # got a gradient since the last wait()
         self._fired = [False] * len(self.params)    # got a gradient in this synced backward
         self._next_launch = 0
+        self._next_poll = 0  # first bucket the shared-memory transport may still advance
         self._rebuilt = False
         self._order: List[int] = []
         self._order_seen = [False] * len(self.params)
@@ -334,6 +334,7 @@ class FusedAllReduce:
             b.pending = len(b.members)
             b.launched = False
         self._next_launch = 0
+        self._next_poll = 0
         self._found_inf = None
 
     def _launch_ready(self, force: bool = False) -> None:
@@ -372,9 +373,11 @@ class FusedAllReduce:
         b.wire.launch(grads, b.flags, in_place=self.grad_as_bucket_view)
         b.launched = True
         if self.transport != "backend":  # sum earlier buckets whose peers have caught up
-            for earlier in self.buckets[:b.index]:
+            for earlier in self.buckets[self._next_poll:b.index]:
                 if not earlier.wire.poll():
                     break  # in bucket order: the collectives between machines must match
+                if earlier.index == self._next_poll and earlier.wire.state == "done":
+                    self._next_poll += 1  # finished: not visited again this step
 
     # ------------------------------------------------------------------ public
     def wait(self) -> None:

@@ -71,12 +71,6 @@ def _host_id() -> int:
     return int.from_bytes(digest[:8], "little", signed=True) >> 1  # 63 bits: -x cannot overflow
 
 
-def _same_on_all_ranks(value: int, group) -> bool:
-    t = torch.tensor([value, -value], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
-    return int(t[0]) == value and -int(t[1]) == value
-
-
 class Topology:
     """Where the ranks of `group` run (collective: one all_gather of host ids). `nodes`: group
     ranks per machine, in rank order; `local`: this rank's machine; `mode`: "shm" (one machine),
@@ -141,11 +135,8 @@ class SharedRegion:
 
     @classmethod
     def open(cls, nbytes: int, group, rank: int, world: int) -> Optional["SharedRegion"]:
-        """Collective over `group`. None when the ranks are on different machines, /dev/shm is
-        missing or lacks the space, or any rank fails to map the file."""
-        usable = sys.platform.startswith("linux") and os.path.isdir(SHM_DIR)
-        if not _same_on_all_ranks(_host_id() if usable else rank, group):
-            return None
+        """Collective over `group`, whose ranks Topology found on one machine. None when
+        /dev/shm is missing or lacks the space, or any rank fails to map the file."""
         header = torch.zeros(3, dtype=torch.int64)  # ok, creator pid, random name part
         path = None
         if rank == 0:
@@ -227,7 +218,7 @@ class ShmBuckets:
         self.dtype = WIRE_DTYPE[compression]
         self.nbuckets = len(sizes)
         self.shard = [_ceil_div(n, world) for n in sizes]
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        self.itemsize = itemsize = torch.empty(0, dtype=self.dtype).element_size()
         control = _aligned(world * self.nbuckets * _LINE * 8)
         self.offsets, total = [], control
         for s in self.shard:
@@ -240,8 +231,7 @@ class ShmBuckets:
     def slots(self, b: int) -> torch.Tensor:
         """[W, S * W] view of bucket b's slots (row q: rank q's)."""
         n = self.world * self.shard[b] * self.world
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        raw = self.region.bytes[self.offsets[b]:self.offsets[b] + n * itemsize]
+        raw = self.region.bytes[self.offsets[b]:self.offsets[b] + n * self.itemsize]
         return raw.view(self.dtype).view(self.world, self.shard[b] * self.world)
 
     def post(self, b: int, phase: int, gen: int) -> None:
