@@ -133,6 +133,27 @@ def test_large_shape(isa, layout):
         assert_close_f64(got, ref, kk)
 
 
+@pytest.mark.parametrize("layout", ["csr", "bsr:4x4", "nm:2:4"])
+def test_thread_counts_give_identical_results(isa, layout):
+    """Each output's sum does not depend on how rows and the activation packing (k ranges that
+    split a 16-column block: K = 1203) are divided among threads."""
+    p, N, K = make(layout, 203, 1203, density=0.1)
+    x, gy, bias = torch.randn(37, K), torch.randn(37, N), torch.randn(N)
+    prev = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(run_all(p, x, gy, bias, N, K))
+    finally:
+        torch.set_num_threads(prev)
+    for got, ref, kk in zip(results[0], ref_all(p, x, gy, bias, N, K), (K, N, 37)):
+        assert_close_f64(got, ref, kk)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("layout", ["csr", "bsr:2x2", "nm:2:4"])
 def test_empty_rows_all_zero_weight_and_zero_sizes(isa, layout):
     N, K = 8, 16

@@ -137,8 +137,12 @@ int64_t sparse_panel_width(CpuIsa isa, int64_t M) {
   return nv * vw;
 }
 
-void sparse_pack_panels(const float* x, int64_t M, int64_t K, int64_t ld, int64_t P,
+void sparse_pack_panels(CpuIsa isa, const float* x, int64_t M, int64_t K, int64_t ld, int64_t P,
                         float* panels, int64_t k_begin, int64_t k_end) {
+  if (isa == CpuIsa::avx512 && P % 16 == 0) {
+    sparse_impl::avx512::pack_panels(x, M, K, ld, P, panels, k_begin, k_end);
+    return;
+  }
   const int64_t num_panels = (M + P - 1) / P;
   for (int64_t p = 0; p < num_panels; ++p) {
     const int64_t m0 = p * P, mvalid = std::min<int64_t>(P, M - m0);

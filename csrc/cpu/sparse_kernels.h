@@ -52,8 +52,9 @@ int64_t sparse_vector_width(CpuIsa isa);
 int64_t sparse_panel_width(CpuIsa isa, int64_t M);
 
 // panels[p][k][t] = x[p*P + t, k] (zero for p*P + t >= M); x is row-major [M, ld], k < K.
-// Packs panels [p_begin, p_end) ... here by k range [k_begin, k_end) of every panel.
-void sparse_pack_panels(const float* x, int64_t M, int64_t K, int64_t ld, int64_t P,
+// Packs the columns [k_begin, k_end) of every panel (the unit threads split). At AVX-512, with P
+// a multiple of 16, by register transposes; else element by element.
+void sparse_pack_panels(CpuIsa isa, const float* x, int64_t M, int64_t K, int64_t ld, int64_t P,
                         float* panels, int64_t k_begin, int64_t k_end);
 
 // y[m, n] = sum_k W[n, k] x[m, k] (+ bias[n]) for the rows of groups [g_begin, g_end).

@@ -605,6 +605,59 @@ SN_TARGET static void grad_values_direct_impl(const D& d, const SparseWeight& w,
     }                                                                           \
   } while (0)
 
+#if SN_LEVEL == 2
+// Transposes the 16 x 16 block rows[t][c] into cols[c][t] in registers (unpack, in-lane
+// shuffle, then two 128-bit lane shuffles).
+SN_TARGET static inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[4 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+
+// sparse_pack_panels with 16 x 16 register transposes: 16 token rows (zeros past M) by 16
+// columns at a time, masked at the k-range's end. Against the element loop (A/B in one run,
+// 4096 x 4096, 90% CSR, 2 threads, weights from memory): M = 16 430 -> 419 us, M = 128
+// 3159 -> 3061 us.
+SN_TARGET void pack_panels(const float* x, int64_t M, int64_t K, int64_t ld, int64_t P,
+                           float* panels, int64_t k_begin, int64_t k_end) {
+  const int64_t num_panels = (M + P - 1) / P;
+  for (int64_t p = 0; p < num_panels; ++p) {
+    float* dst = panels + p * K * P;
+    for (int64_t t0 = 0; t0 < P; t0 += 16) {
+      const int64_t m0 = p * P + t0, rows = std::clamp<int64_t>(M - m0, 0, 16);
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += 16) {
+        const int64_t kk = std::min<int64_t>(16, k_end - k0);
+        const __mmask16 mk = static_cast<__mmask16>((1u << kk) - 1u);
+        __m512 r[16];
+        for (int64_t t = 0; t < 16; ++t)
+          r[t] = t < rows ? _mm512_maskz_loadu_ps(mk, x + (m0 + t) * ld + k0) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int64_t c = 0; c < kk; ++c) _mm512_storeu_ps(dst + (k0 + c) * P + t0, r[c]);
+      }
+    }
+  }
+}
+#endif
+
 SN_TARGET void forward_panels(const SparseWeight& w, const float* panels, int64_t M, int64_t P,
                               const float* bias, float* y, int64_t g0, int64_t g1) {
   SN_WITH_DECODER(w, fwd_panels_dispatch(d, w, panels, M, P, bias, y, g0, g1));

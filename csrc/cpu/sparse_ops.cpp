@@ -137,8 +137,10 @@ std::vector<int64_t> balanced_parts(const SparseWeight& w) {
   std::vector<int64_t> bounds{0};
   if (G == 0) return bounds;
   const int64_t total = w.work_before(G);
-  const int64_t parts = std::clamp<int64_t>(
-      std::max<int64_t>(4 * at::get_num_threads(), total / 32768), 1, G);
+  // A multiple of the thread count: parallel_for hands each thread an equal count of parts.
+  const int64_t threads = std::max(1, at::get_num_threads());
+  const int64_t want = std::max<int64_t>(4 * threads, total / 32768);
+  const int64_t parts = std::clamp<int64_t>((want + threads - 1) / threads * threads, 1, G);
   for (int64_t i = 1; i < parts; ++i) {
     const int64_t target = total * i / parts;
     int64_t lo = bounds.back(), hi = G;  // first g with work_before(g) >= target
@@ -152,15 +154,25 @@ std::vector<int64_t> balanced_parts(const SparseWeight& w) {
   return bounds;
 }
 
+// Runs fn(i) for parts i in [0, n): each thread a contiguous run of parts, so that its weights
+// stream from one place. (Handing parts out one at a time from a shared counter was 7% slower:
+// 4096 x 4096, 90% CSR, M = 16, 2 threads, weights from memory.)
+template <class F>
+void for_each_part(int64_t n, const F& fn) {
+  at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(i);
+  });
+}
+
 // x [M, K] row-major -> panels [ceil(M/P)][K][P], transposed and zero-padded, in parallel over k.
-at::Tensor pack_panels(const at::Tensor& x, int64_t P) {
+at::Tensor pack_panels(CpuIsa isa, const at::Tensor& x, int64_t P) {
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t num = (M + P - 1) / P;
   at::Tensor panels = at::empty({num * K * P}, x.options());
   const float* xp = x.data_ptr<float>();
   float* pp = panels.data_ptr<float>();
   at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {
-    sparse_pack_panels(xp, M, K, K, P, pp, k0, k1);
+    sparse_pack_panels(isa, xp, M, K, K, P, pp, k0, k1);
   });
   return panels;
 }
@@ -194,18 +206,16 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   float* yp = y.data_ptr<float>();
   if (M <= kDirectMaxM) {
     const float* xp = x.data_ptr<float>();
-    at::parallel_for(0, nparts, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        sparse_forward_direct(isa, w, xp, M, b, yp, parts[i], parts[i + 1]);
+    for_each_part(nparts, [&](int64_t i) {
+      sparse_forward_direct(isa, w, xp, M, b, yp, parts[i], parts[i + 1]);
     });
     return y;
   }
   const int64_t P = sparse_panel_width(isa, M);
-  const at::Tensor panels = pack_panels(x, P);
+  const at::Tensor panels = pack_panels(isa, x, P);
   const float* pp = panels.data_ptr<float>();
-  at::parallel_for(0, nparts, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      sparse_forward_panels(isa, w, pp, M, P, b, yp, parts[i], parts[i + 1]);
+  for_each_part(nparts, [&](int64_t i) {
+    sparse_forward_panels(isa, w, pp, M, P, b, yp, parts[i], parts[i + 1]);
   });
   return y;
 }
@@ -233,7 +243,7 @@ at::Tensor sparse_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tens
   const int64_t vw = sparse_vector_width(isa);
   const int64_t threads = std::max(1, at::get_num_threads());
   const int64_t P = vw * std::clamp<int64_t>((M + vw * threads - 1) / (vw * threads), 1, 4);
-  const at::Tensor panels = pack_panels(grad_y, P);
+  const at::Tensor panels = pack_panels(isa, grad_y, P);
   const float* pp = panels.data_ptr<float>();
   const int64_t num = (M + P - 1) / P;
   at::parallel_for(0, num, 1, [&](int64_t p0, int64_t p1) {
@@ -265,21 +275,19 @@ at::Tensor sparse_linear_grad_values_cpu(const at::Tensor& grad_y, const at::Ten
   if (M <= kDirectMaxM) {
     const float* xp = x.data_ptr<float>();
     const float* gyp = grad_y.data_ptr<float>();
-    at::parallel_for(0, nparts, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        sparse_grad_values_direct(isa, w, xp, gyp, M, gvp, parts[i], parts[i + 1]);
+    for_each_part(nparts, [&](int64_t i) {
+      sparse_grad_values_direct(isa, w, xp, gyp, M, gvp, parts[i], parts[i + 1]);
     });
     return gv;
   }
   const int64_t vw = sparse_vector_width(isa);
   const int64_t Mp = (M + vw - 1) / vw * vw;
-  const at::Tensor xT = pack_panels(x, Mp);      // one panel: [K][Mp]
-  const at::Tensor gyT = pack_panels(grad_y, Mp);  // [N][Mp]
+  const at::Tensor xT = pack_panels(isa, x, Mp);      // one panel: [K][Mp]
+  const at::Tensor gyT = pack_panels(isa, grad_y, Mp);  // [N][Mp]
   const float* xtp = xT.data_ptr<float>();
   const float* gtp = gyT.data_ptr<float>();
-  at::parallel_for(0, nparts, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      sparse_grad_values_panel(isa, w, xtp, gtp, Mp, gvp, parts[i], parts[i + 1]);
+  for_each_part(nparts, [&](int64_t i) {
+    sparse_grad_values_panel(isa, w, xtp, gtp, Mp, gvp, parts[i], parts[i + 1]);
   });
   return gv;
 }
