@@ -60,8 +60,9 @@ TORCH_LIBRARY(scalenn, m) {
   //   W = 1: plain dequantization).
   m.def("bucket_unpack_int8(Tensor records, Tensor(a!)[] grads) -> ()");
   // bucket_requantize_int8: records uint8 [W, N, C+4], residual float32 [N*C] (or records
-  //   [N, C+4] on the CPU), out uint8 [N, C+4]: v = bucket_dequantize_sum(records) + residual, quantized into out as in
-  //   bucket_quantize_int8 (the reduce-scatter step of the int8 all-reduce, one pass).
+  //   [N, C+4] on the CPU), out uint8 [N, C+4]: v = bucket_dequantize_sum(records) + residual,
+  //   quantized into out as in bucket_quantize_int8 (the reduce-scatter step of the int8
+  //   all-reduce, one pass).
   m.def("bucket_requantize_int8(Tensor records, Tensor(a!) residual, Tensor(b!) out) -> ()");
   // ---- shm: progress counters of the same-host transport (scalenn/distributed/shm.py) ----
   // counters: 1-D contiguous int64 in memory shared between processes.

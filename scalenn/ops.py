@@ -154,6 +154,8 @@ def bucket_requantize_int8(records: torch.Tensor, residual: torch.Tensor,
     """out = int8 records of (sum over records.shape[0] arrays of q * s) + residual; residual
     becomes what that quantization lost (the reduce-scatter step, one pass)."""
     torch.ops.scalenn.bucket_requantize_int8(records, residual, out)
+
+
 def shm_post(counters: torch.Tensor, index: int, value: int) -> None:
     """counters[index] = value, a release store (counters live in memory shared between
     processes: scalenn/distributed/shm.py)."""

@@ -367,10 +367,7 @@ class ShmWire(FloatWire):
         if self.world == 2:  # torch adds bf16/fp16 in float32 and rounds once
             torch.add(shards[0], shards[1], out=out)
             return
-        if self.dtype == torch.float32:
-            acc = shards[0].clone()
-        else:
-            acc = shards[0].float()
+        acc = shards[0].to(torch.float32, copy=True)
         for q in range(1, self.world):
             acc.add_(shards[q])
         out.copy_(acc)
