@@ -6,7 +6,8 @@ never installs or replaces torch.
 Environment:
   SCALENN_CUDA=auto|0|1   auto (default): build csrc/cuda when torch has CUDA and nvcc exists;
                           1: require it (clear error otherwise); 0: CPU only.
-  TORCH_CUDA_ARCH_LIST    CUDA archs, e.g. "8.0;9.0" (torch's own convention).
+  TORCH_CUDA_ARCH_LIST    CUDA archs, e.g. "8.0;9.0a" (torch's own convention; 9.0a = Hopper
+                          with wgmma, which scalenn::wgmma_sp24_linear needs).
   MAX_JOBS                parallel compile jobs (ninja).
 """
 import glob

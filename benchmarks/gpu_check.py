@@ -7,12 +7,13 @@ kernels against what a user would otherwise pick, print a short table last, writ
 For a machine with a CUDA build of torch, Triton and nvcc, and no network. Sized to finish in
 under 5 minutes on one H200. Steps (each recorded in DIR/gpu_check.json):
 
-1. build: `setup.py build_ext --inplace` with SCALENN_CUDA=1, only this GPU's arch;
+1. build: `setup.py build_ext --inplace` with SCALENN_CUDA=1, only this GPU's arch (sm_90a on
+   Hopper);
 2. tests: pytest on the CUDA and Triton test files (the Triton ones run on the GPU here);
 3. limits: device copy bandwidth and the bf16 (and int8) matmul rates of cuBLAS;
 4. int8 W8A8 linear (activation quantization included) vs torch._int_mm with separate
-   quantize/dequantize vs bf16 F.linear; 2:4 sparse (mma.sp) vs torch.sparse
-   to_sparse_semi_structured vs dense; gradient-bucket pack vs the copy bandwidth.
+   quantize/dequantize vs bf16 F.linear; 2:4 sparse (mma.sp, and wgmma.sp where built) vs
+   torch.sparse to_sparse_semi_structured vs dense; gradient-bucket pack vs the copy bandwidth.
    K = N in {4096, 8192}, M in {16, 128, 1024, 8192}. CUDA events, warm-up, interleaved
    variants, medians of rounds, random data, weights/inputs rotated over more bytes than L2.
 
@@ -193,9 +194,10 @@ def build_extension(torch, out_dir):
     extension is built without them, so the Triton kernels are still tested and timed (the
     check then ends with a failing exit status)."""
     major, minor = torch.cuda.get_device_capability()
-    info = _build(out_dir, "build_cuda.log", SCALENN_CUDA="1",
-                  TORCH_CUDA_ARCH_LIST=f"{major}.{minor}")
-    info["arch"] = f"sm_{major}{minor}"
+    # Hopper: the sm_90a target, which has the wgmma instructions (a superset of sm_90).
+    arch = f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "")
+    info = _build(out_dir, "build_cuda.log", SCALENN_CUDA="1", TORCH_CUDA_ARCH_LIST=arch)
+    info["arch"] = "sm_" + arch.replace(".", "")
     if not info["ok"]:
         print(info["log_tail"], file=sys.stderr)
         print("[gpu_check] the CUDA build failed; building without the CUDA kernels so the "
@@ -471,15 +473,20 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
                 continue
             xs = [torch.randn(M, S, device=DEV, dtype=torch.bfloat16) for _ in range(
                 copies_for(2 * M * S, l2, cap=8))]
-            v = {"scalenn 2:4 (mma.sp)": lambda i: OP.mma_sp24_linear(
-                     xs[i % len(xs)], vals[i % len(vals)], metas[i % len(metas)], None, None, S,
-                     "none"),
-                 "dense bf16 F.linear": lambda i: F.linear(xs[i % len(xs)], dense[i % n])}
+            v = {}
+            for kernel in SPARSE24_KERNELS:
+                if not _has_op(torch, f"{kernel}_sp24_linear"):
+                    continue
+                fn = getattr(OP, f"{kernel}_sp24_linear")
+                v[f"scalenn 2:4 ({kernel}.sp)"] = lambda i, fn=fn: fn(
+                    xs[i % len(xs)], vals[i % len(vals)], metas[i % len(metas)], None, None, S,
+                    "none")
+                v[f"scalenn 2:4 int8 ({kernel}.sp)"] = lambda i, fn=fn: fn(
+                    xs[i % len(xs)], v8, m8, ws, None, S, "none")
+            v["dense bf16 F.linear"] = lambda i: F.linear(xs[i % len(xs)], dense[i % n])
             if semi is not None:
                 v["to_sparse_semi_structured"] = lambda i: F.linear(xs[i % len(xs)],
                                                                     semi[i % len(semi)])
-            v["scalenn 2:4 int8"] = lambda i: OP.mma_sp24_linear(xs[i % len(xs)], v8, m8, ws, None,
-                                                                 S, "none")
             if _has_op(torch, "int8_linear"):
                 packed8 = OP.int8_pack_weight(w8)
                 v["scalenn dense int8"] = lambda i: OP.int8_linear(xs[i % len(xs)], packed8, ws,
@@ -491,26 +498,55 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
                     ok[name] = fn
                 except RuntimeError as e:
                     rows.append({"S": S, "M": M, "variant": name, "error": str(e)[:200]})
+            # A kernel only counts when it agrees with the mma.sp kernel (tested on the GPU
+            # before): both read the same images, so they differ by summation order only.
+            wrong = _sparse24_disagreements(torch, ok, "scalenn 2:4 (mma.sp)",
+                                            "scalenn 2:4 int8 (mma.sp)")
+            for name, err in wrong.items():
+                rows.append({"S": S, "M": M, "variant": name, "error": err})
+                ok.pop(name)
             t = timer.run(ok)
             for name, r in t.items():
                 rows.append({"S": S, "M": M, "variant": name, **r,
                              "TFLOPs_dense_equiv": 2 * M * S * S / (r["ms"] * 1e-3) / 1e12})
             t = {name: r["ms"] for name, r in t.items()}
-            mine = t.get("scalenn 2:4 (mma.sp)")
+            mine = min((ms for name, ms in t.items() if name.startswith("scalenn 2:4 (")),
+                       default=None)
+            mine8 = min((ms for name, ms in t.items() if name.startswith("scalenn 2:4 int8")),
+                        default=None)
             summary = {"S": S, "M": M, "variant": "summary", "ms": mine}
             if mine:
                 if "dense bf16 F.linear" in t:
                     summary["vs_dense"] = t["dense bf16 F.linear"] / mine
                 if "to_sparse_semi_structured" in t:
                     summary["vs_semi_structured"] = t["to_sparse_semi_structured"] / mine
-            if t.get("scalenn 2:4 int8") and t.get("scalenn dense int8"):
-                summary["int8_vs_dense_int8"] = t["scalenn dense int8"] / t["scalenn 2:4 int8"]
+            if mine8 and t.get("scalenn dense int8"):
+                summary["int8_vs_dense_int8"] = t["scalenn dense int8"] / mine8
             if semi is None:
                 summary["semi_structured_error"] = semi_err
             rows.append(summary)
         del dense, vals, metas, semi, v8, m8, w8
         _empty_cache(torch)
     return rows
+
+
+# The 2:4 kernels timed: mma.sp (any GPU from sm_80) and, where the build has it, wgmma.sp.
+SPARSE24_KERNELS = ("mma", "wgmma")
+
+
+def _sparse24_disagreements(torch, variants, float_ref, int8_ref):
+    """{variant: why} for each 2:4 kernel whose output is not close to the reference kernel's
+    on the same call (the references themselves are checked by the tests)."""
+    out = {}
+    for name, fn in variants.items():
+        ref = int8_ref if "int8" in name else float_ref
+        if not name.startswith("scalenn 2:4") or name == ref or ref not in variants:
+            continue
+        got, want = fn(0).float(), variants[ref](0).float()
+        err = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-30)
+        if not err <= 2e-2:  # also catches NaN
+            out[name] = f"disagrees with {ref}: max abs difference {err:.3g} of max |y|"
+    return out
 
 
 def bench_pack(torch, timer, copy_gbs, scale=1):

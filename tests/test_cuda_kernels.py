@@ -100,56 +100,102 @@ def test_cuda_int8_gemm_int32_accumulation_is_exact(shape):
     assert torch.equal(y.cpu(), (x.long() @ w.long().t()).float())
 
 
+def _wgmma_sp24_available():
+    """The Hopper kernel runs where the GPU is sm_90 and the build has sm_90a code (gpu_check
+    builds with TORCH_CUDA_ARCH_LIST=9.0a); on other GPUs its op refuses with a clear error."""
+    if not has_op("wgmma_sp24_linear") or torch.cuda.get_device_capability()[0] != 9:
+        return False
+    w = L.prune_2_4(torch.randn(16, 32)).half()
+    values, meta = L.pack_sparse24(w)
+    try:
+        OP.wgmma_sp24_linear(torch.randn(1, 32, device=DEV).half(), values.to(DEV),
+                             meta.to(DEV), None, None, 16, "none")
+    except RuntimeError as e:
+        if "no sm_90a code" in str(e):
+            return False
+        raise
+    return True
+
+
+# Both 2:4 ops read the same register images; the wgmma one where the GPU and build have it.
+SPARSE24_OPS = ["mma_sp24_linear"] + (["wgmma_sp24_linear"] if _wgmma_sp24_available() else [])
+# Shapes: decode-sized and odd M, N not a multiple of 16 (padding tiles), more than one 256-row
+# block with a partial last one, more than one 128-token block, an odd number of k-steps and a
+# K that ends inside a k-step.
+SPARSE24_SHAPES = [(1, 32, 64), (20, 48, 128), (300, 256, 512), (17, 40, 72), (130, 520, 544),
+                   (257, 264, 96)]
+
+
+@pytest.mark.parametrize("op", SPARSE24_OPS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 32, 64), (20, 48, 128), (300, 256, 512), (17, 40, 72)],
-                         ids=str)
-def test_cuda_sparse24_float_matches_reference(dtype, shape):
+@pytest.mark.parametrize("shape", SPARSE24_SHAPES, ids=str)
+def test_cuda_sparse24_float_matches_reference(op, dtype, shape):
     M, N, K = shape
     w = L.prune_2_4(torch.randn(N, K)).to(dtype)
     values, meta = L.pack_sparse24(w)
     x = torch.randn(M, K).to(dtype)
     bias = torch.randn(N)
-    y = OP.mma_sp24_linear(x.to(DEV), values.to(DEV), meta.to(DEV), None, bias.to(DEV), N, "relu")
+    y = getattr(OP, op)(x.to(DEV), values.to(DEV), meta.to(DEV), None, bias.to(DEV), N, "relu")
     ref = torch.relu(x.double() @ w.double().t() + bias.double())
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     torch.testing.assert_close(y.cpu().double(), ref, rtol=tol, atol=tol * K ** 0.5)
 
 
-def _sparse_int8_exact(convention, M=40, N=48, K=192):
+def _sparse_int8_exact(op, convention, M=40, N=48, K=192):
     x = torch.randint(-127, 128, (M, K)).float()
     x[:, 0] = 127  # identity quantization (scale 1): the output is the int32 accumulator
     w = L.prune_2_4(torch.randint(-128, 128, (N, K), dtype=torch.int8))
     values, meta = L.pack_sparse24(w, convention)
-    y = OP.mma_sp24_linear(x.to(DEV), values.to(DEV), meta.to(DEV), torch.ones(N, device=DEV),
-                           None, N, "none")
+    y = getattr(OP, op)(x.to(DEV), values.to(DEV), meta.to(DEV), torch.ones(N, device=DEV), None,
+                        N, "none")
     return torch.equal(y.cpu(), (x.long() @ w.long().t()).float())
 
 
-def test_cuda_sparse24_int8_metadata_convention():
+@pytest.mark.parametrize("op", SPARSE24_OPS)
+def test_cuda_sparse24_int8_metadata_convention(op):
     # The int8 metadata layout is drawn, not written, in the PTX manual; the packer names the
     # candidates. This test finds out which one the hardware reads and fails loudly if it is not
     # the packer's default.
     default = L.DEFAULT_CONVENTION["int8"]
-    results = {c: _sparse_int8_exact(c) for c in L.CONVENTIONS}
-    assert results[default], (f"int8 2:4 metadata: the hardware does not read convention "
+    results = {c: _sparse_int8_exact(op, c) for c in L.CONVENTIONS}
+    assert results[default], (f"int8 2:4 metadata ({op}): the hardware does not read convention "
                               f"{default!r}; results per convention: {results}. Set "
                               f"DEFAULT_CONVENTION['int8'] in scalenn/_ops/sparse24_layout.py to "
                               f"the one that passed.")
 
 
+@pytest.mark.parametrize("op", SPARSE24_OPS)
 @pytest.mark.parametrize("x_dtype", FLOATS)
-def test_cuda_sparse24_int8_matches_reference(x_dtype):
-    M, N, K = 37, 80, 256
+@pytest.mark.parametrize("shape", [(37, 80, 256), (300, 264, 192)], ids=str)
+def test_cuda_sparse24_int8_matches_reference(op, x_dtype, shape):
+    M, N, K = shape
     w = L.prune_2_4(torch.randint(-127, 128, (N, K), dtype=torch.int8))
     w_scale = torch.rand(N) / 50
     values, meta = L.pack_sparse24(w)
     x = (torch.randn(M, K) * 2).to(x_dtype)
     x[3, 1] = float("inf")
     bias = torch.randn(N)
-    y = OP.mma_sp24_linear(x.to(DEV), values.to(DEV), meta.to(DEV), w_scale.to(DEV), bias.to(DEV),
-                           N, "gelu")
+    y = getattr(OP, op)(x.to(DEV), values.to(DEV), meta.to(DEV), w_scale.to(DEV), bias.to(DEV), N,
+                        "gelu")
     close(y, int8_linear_reference(x, w, w_scale, bias, "gelu"), x_dtype)
     assert torch.isnan(y[3].cpu()).all()
+
+
+@pytest.mark.skipif("wgmma_sp24_linear" not in SPARSE24_OPS,
+                    reason="needs a Hopper GPU and a build with sm_90a code")
+def test_cuda_wgmma_sp24_opcheck_and_large_k():
+    # K = 4096 (64 stages of the pipeline, every buffer reused many times) against the mma.sp
+    # kernel, which reads the same images: both accumulate in fp32, in different orders.
+    M, N, K = 200, 272, 4096
+    w = L.prune_2_4(torch.randn(N, K)).to(torch.bfloat16)
+    values, meta = (t.to(DEV) for t in L.pack_sparse24(w))
+    x = torch.randn(M, K, device=DEV).to(torch.bfloat16)
+    args = (x, values, meta, None, None, N, "none")
+    torch.library.opcheck(OP.wgmma_sp24_linear, args)
+    ref = x.double() @ w.to(DEV).double().t()
+    torch.testing.assert_close(OP.wgmma_sp24_linear(*args).double(), ref, rtol=1e-2, atol=0.5)
+    torch.testing.assert_close(OP.wgmma_sp24_linear(*args).float(),
+                               OP.mma_sp24_linear(*args).float(), rtol=1e-2, atol=0.5)
 
 
 def bits(t):

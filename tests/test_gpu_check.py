@@ -91,3 +91,23 @@ def test_cpu_smoke_runs_every_benchmark_code_path(tmp_path):
     packs = {r["variant"] for r in report["bucket_pack"]}  # scalenn::bucket_pack, op + Triton
     assert {"scalenn pack->bfloat16 (cuda)", "scalenn pack->float32 (triton)"} <= packs
     assert (tmp_path / "gpu_check.md").read_text().startswith("# scalenn gpu_check")
+
+
+def test_sparse24_disagreements_drops_kernels_that_differ_from_the_reference():
+    import torch
+    y = torch.randn(8, 16)
+    variants = {
+        "scalenn 2:4 (mma.sp)": lambda i: y,
+        "scalenn 2:4 (wgmma.sp)": lambda i: y + 1e-4,  # summation-order noise: kept
+        "scalenn 2:4 int8 (mma.sp)": lambda i: y,
+        "scalenn 2:4 int8 (wgmma.sp)": lambda i: y.flip(0),  # wrong rows
+        "scalenn 2:4 (other.sp)": lambda i: torch.full_like(y, float("nan")),
+        "dense bf16 F.linear": lambda i: -y,  # not a 2:4 kernel: never compared
+    }
+    wrong = gc._sparse24_disagreements(torch, variants, "scalenn 2:4 (mma.sp)",
+                                       "scalenn 2:4 int8 (mma.sp)")
+    assert set(wrong) == {"scalenn 2:4 int8 (wgmma.sp)", "scalenn 2:4 (other.sp)"}
+    assert "disagrees with scalenn 2:4 int8 (mma.sp)" in wrong["scalenn 2:4 int8 (wgmma.sp)"]
+    # without the reference kernel there is nothing to compare against
+    assert gc._sparse24_disagreements(torch, {"scalenn 2:4 (wgmma.sp)": lambda i: y},
+                                      "scalenn 2:4 (mma.sp)", "scalenn 2:4 int8 (mma.sp)") == {}

@@ -22,4 +22,14 @@ cudaError_t launch_sparse24_linear(int kind, const void* values, const uint32_t*
                                    const float* bias, void* y, int out_kind, int64_t M, int64_t N,
                                    int64_t K, int64_t steps, int act, cudaStream_t stream);
 
+// The same contract on Hopper's wgmma.mma_async.sp (sparse24_wgmma_kernels.cu). It exists only
+// in sm_90a code (TORCH_CUDA_ARCH_LIST=9.0a): sparse24_wgmma_built() says whether the current
+// GPU loads such code; without it the launcher returns cudaErrorNoKernelImageForDevice.
+bool sparse24_wgmma_built();
+cudaError_t launch_sparse24_wgmma_linear(int kind, const void* values, const uint32_t* meta,
+                                         const void* x, const float* row_scale,
+                                         const float* w_scale, const float* bias, void* y,
+                                         int out_kind, int64_t M, int64_t N, int64_t K,
+                                         int64_t steps, int act, cudaStream_t stream);
+
 }  // namespace scalenn::cuda

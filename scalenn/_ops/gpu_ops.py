@@ -1,6 +1,7 @@
 """GPU tensor-core family (mma_sp24_linear): plain-PyTorch reference (the test oracle and the
 CPU implementation), fake kernel. The CUDA implementation is csrc/cuda/sparse24_cuda.cpp
-(SCALENN_CUDA builds). The gradient-bucket ops are scalenn::bucket_* (scalenn/_ops/bucket.py).
+(SCALENN_CUDA builds), which also defines wgmma_sp24_linear: the same contract on the Hopper
+wgmma.sp kernel, a CUDA-only op (no CPU kernel) that gets the same fake kernel here. The gradient-bucket ops are scalenn::bucket_* (scalenn/_ops/bucket.py).
 """
 import torch
 import torch.nn.functional as F
@@ -58,3 +59,14 @@ torch.library.register_kernel("scalenn::mma_sp24_linear", "cpu", mma_sp24_linear
 @torch.library.register_fake("scalenn::mma_sp24_linear")
 def _mma_sp24_linear_fake(x, values, meta, w_scale, bias, out_features, activation):
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _register_wgmma_fake() -> None:
+    try:
+        torch.ops.scalenn.wgmma_sp24_linear
+    except (AttributeError, RuntimeError):
+        return  # a build without the CUDA kernels
+    torch.library.register_fake("scalenn::wgmma_sp24_linear")(_mma_sp24_linear_fake)
+
+
+_register_wgmma_fake()
