@@ -10,6 +10,8 @@ under 5 minutes on one H200. Steps (each recorded in DIR/gpu_check.json):
 1. build: `setup.py build_ext --inplace` with SCALENN_CUDA=1, only this GPU's arch (sm_90a on
    Hopper);
 2. tests: pytest on the CUDA and Triton test files (the Triton ones run on the GPU here);
+   then a layout probe of each 2:4 kernel (benchmarks/sparse24_probe.py: which input element
+   each output element was made of), which names what is wrong when a new kernel fails;
 3. limits: device copy bandwidth and the bf16 (and int8) matmul rates of cuBLAS;
 4. int8 W8A8 linear (activation quantization included) vs torch._int_mm with separate
    quantize/dequantize vs bf16 F.linear; 2:4 sparse (mma.sp, and wgmma.sp where built) vs
@@ -534,6 +536,27 @@ def bench_sparse24(torch, timer, sizes, ms, l2, deadline):
 SPARSE24_KERNELS = ("mma", "wgmma")
 
 
+def probe_sparse24(torch):
+    """The layout map of benchmarks/sparse24_probe.py for each 2:4 kernel there is (mma.sp is
+    the control: it passed its tests on an H200): one row per kernel."""
+    spec = importlib.util.spec_from_file_location(
+        "sparse24_probe", os.path.join(ROOT, "benchmarks", "sparse24_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rows = []
+    for kernel in SPARSE24_KERNELS:
+        if not _has_op(torch, f"{kernel}_sp24_linear"):
+            continue
+        name = f"{kernel}.sp"
+        try:
+            result = probe.probe(torch, getattr(torch.ops.scalenn, f"{kernel}_sp24_linear"), DEV)
+        except RuntimeError as e:  # e.g. no sm_90a code: recorded, the check goes on
+            rows.append({"variant": name, "error": str(e)[:300]})
+            continue
+        rows.append({"variant": name, "line": probe.summary_line(name, result), **result})
+    return rows
+
+
 def _sparse24_disagreements(torch, variants, float_ref, int8_ref):
     """{variant: why} for each 2:4 kernel whose output is not close to the reference kernel's
     on the same call (the references themselves are checked by the tests)."""
@@ -632,7 +655,8 @@ def main(argv=None):
     report["limits"] = measure_limits(torch, timer, scale)
     print(f"[gpu_check] limits: {report['limits']}", flush=True)
     # Each section is kept apart: an exception in one is recorded and the others still run.
-    sections = [("int8_linear", lambda: bench_int8(torch, timer, args.sizes, args.ms, l2,
+    sections = [("sparse24_probe", lambda: probe_sparse24(torch)),
+                ("int8_linear", lambda: bench_int8(torch, timer, args.sizes, args.ms, l2,
                                                    deadline)),
                 ("sparse24", lambda: bench_sparse24(torch, timer, args.sizes, args.ms, l2,
                                                     deadline)),
@@ -722,9 +746,10 @@ def render(report) -> str:
                      f"{b['seconds']} s)")
     if "tests" in report:
         parts.append(f"tests: {report['tests']['counts']} (exit {report['tests']['returncode']})")
-    for name in ("int8_linear", "sparse24", "bucket_pack"):
+    for name in ("sparse24_probe", "int8_linear", "sparse24", "bucket_pack"):
         if any("error" in r and "variant" not in r for r in report[name]):
             parts.append(f"section {name} FAILED (traceback in gpu_check.json)")
+    parts += [r["line"] for r in report["sparse24_probe"] if "line" in r]
     parts.append("\ntimes: ms per call of the device, from CUDA-graph replays (eager where a "
                  "variant cannot be captured); eager per-call times in gpu_check.json")
     parts.append("\nint8 W8A8 linear incl. activation quantization (ms; ratios: baseline time / "

@@ -88,6 +88,9 @@ def test_cpu_smoke_runs_every_benchmark_code_path(tmp_path):
     variants = {r.get("variant") for r in report["int8_linear"]}
     assert {"scalenn int8 (triton)", "bf16 F.linear", "summary"} <= variants
     assert any(r.get("variant") == "scalenn 2:4 (mma.sp)" for r in report["sparse24"])
+    # the op's CPU kernel is the reference: its layout map is the identity
+    probe = next(r for r in report["sparse24_probe"] if r["variant"] == "mma.sp")
+    assert [probe[k]["fraction_right"] for k in ("x_token", "x_k", "w_row", "w_col")] == [1.0] * 4
     packs = {r["variant"] for r in report["bucket_pack"]}  # scalenn::bucket_pack, op + Triton
     assert {"scalenn pack->bfloat16 (cuda)", "scalenn pack->float32 (triton)"} <= packs
     assert (tmp_path / "gpu_check.md").read_text().startswith("# scalenn gpu_check")
@@ -111,3 +114,24 @@ def test_sparse24_disagreements_drops_kernels_that_differ_from_the_reference():
     # without the reference kernel there is nothing to compare against
     assert gc._sparse24_disagreements(torch, {"scalenn 2:4 (wgmma.sp)": lambda i: y},
                                       "scalenn 2:4 (mma.sp)", "scalenn 2:4 int8 (mma.sp)") == {}
+
+
+def test_sparse24_probe_names_what_a_broken_kernel_read():
+    import torch
+    spec = importlib.util.spec_from_file_location(
+        "sparse24_probe", os.path.join(ROOT, "benchmarks", "sparse24_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    ref = torch.ops.scalenn.mma_sp24_linear
+
+    def rows_swapped_in_pairs(x, *args):  # a kernel that reads token t ^ 1 for token t
+        return ref(x[torch.arange(x.shape[0]) ^ 1], *args)
+
+    good = probe.probe(torch, ref, "cpu")
+    bad = probe.probe(torch, rows_swapped_in_pairs, "cpu")
+    assert all(v["fraction_right"] == 1.0 for v in good.values())
+    assert bad["x_token"]["fraction_right"] == 0.0
+    assert bad["x_token"]["first_mismatches"][0] == {"t": 0, "n": 0, "got": 1.0, "want": 0.0}
+    assert bad["x_k"]["fraction_right"] == 1.0  # the k it used is still right
+    assert bad["w_row"]["fraction_right"] < 1.0 and bad["w_col"]["fraction_right"] < 1.0
+    assert "x_token 0.0%" in probe.summary_line("bad", bad)
