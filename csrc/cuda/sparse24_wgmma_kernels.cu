@@ -10,10 +10,10 @@
 //   m64n128k64 int8); a warpgroup (4 warps) issues it and the tensor cores run it while the
 //   warps go on (wgmma.commit_group / wait_group keep one stage in flight);
 // - the A operand comes from registers, in the per-warp layout of mma.sp m16n8k32/k64, so each
-//   warp of a warpgroup supplies one 16-row register image of the packer (PTX ISA: the
-//   warpgroup's A fragment is four m16 warp fragments; its sparse metadata layout for 16-bit
-//   types is the mma.sp one: lanes 4g, 4g+1 carry rows g and g+8, half h = lane % 4 the
-//   logical columns 16h..16h+15);
+//   warp of a warpgroup supplies one 16-row register image of the packer. PTX ISA 9.7.15.6.2
+//   ("matrix fragments for wgmma with sparse matrix A"): warp w % 4 holds rows 16(w % 4) ..
+//   +15, and the metadata figures for m64nNk32 f16/bf16 and m64nNk64 s8 are the very figures of
+//   mma.sp m16n8k32 and m16n8k64 (the layouts the mma.sp kernel was verified with on an H200);
 // - the activations are read by the tensor cores straight from shared memory through a matrix
 //   descriptor: each stage holds 128 tokens x 128 bytes of K in the 128-byte swizzled layout
 //   (16-byte chunk c of row r at chunk c ^ (r % 8); 8-row groups 1024 bytes apart), which is

@@ -1,4 +1,6 @@
-"""Host-side layout for the 2:4 sparse tensor-core kernels (csrc/cuda/sparse24_kernels.cu).
+"""Host-side layout for the 2:4 sparse tensor-core kernels (csrc/cuda/sparse24_kernels.cu, and
+csrc/cuda/sparse24_wgmma_kernels.cu, whose warps take the same per-warp images: the PTX ISA
+gives sparse wgmma the mma.sp metadata figures).
 
 The CUDA kernel computes y^T = W x^T with the 2:4-sparse weight W [N, K] as the sparse `A`
 operand of `mma.sp` (2 of every 4 consecutive K elements kept). Everything about where a
