@@ -13,7 +13,16 @@ every output element tells which input element the kernel combined:
 
 A correct kernel maps every element to itself; the report gives the fraction that do and the
 first mismatches as (t, n) -> what was read.
+
+gpu_check runs it as a separate process per kernel, before the tests, so that a kernel which
+faults (a CUDA error poisons its process) is found without taking the tests and timings down:
+
+    python benchmarks/sparse24_probe.py --kernel wgmma --out probe.json [--device cuda]
 """
+import argparse
+import json
+import os
+import sys
 
 SIZE = 128  # tokens = features = K: one 128-token block and 4 k-steps of 32
 
@@ -64,3 +73,25 @@ def probe(torch, op, dev) -> dict:
 def summary_line(name, report) -> str:
     parts = [f"{k} {100 * v['fraction_right']:.1f}%" for k, v in report.items()]
     return f"2:4 layout probe, {name}: " + ", ".join(parts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", required=True, help="mma or wgmma (scalenn::<kernel>_sp24_linear)")
+    ap.add_argument("--out", required=True, help="json file for the report")
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import torch
+    import scalenn  # noqa: F401  (registers the ops)
+    op = getattr(torch.ops.scalenn, f"{args.kernel}_sp24_linear")
+    report = probe(torch, op, args.device)
+    if args.device == "cuda":
+        torch.cuda.synchronize()  # a fault surfaces here at the latest, as a non-zero exit
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,3 +135,16 @@ def test_sparse24_probe_names_what_a_broken_kernel_read():
     assert bad["x_k"]["fraction_right"] == 1.0  # the k it used is still right
     assert bad["w_row"]["fraction_right"] < 1.0 and bad["w_col"]["fraction_right"] < 1.0
     assert "x_token 0.0%" in probe.summary_line("bad", bad)
+
+
+def test_a_crashing_probe_process_is_reported_and_its_op_left_out(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(gc, "DEV", "nodevice")  # the probe process dies on its first tensor
+    monkeypatch.setattr(gc, "SPARSE24_KERNELS", ("mma", "nosuch"))
+    monkeypatch.setenv(gc.SKIP_OPS_ENV, "")
+    rows = gc.probe_sparse24(str(tmp_path))
+    assert rows[0]["variant"] == "mma.sp" and "error" in rows[0]
+    assert "FAILED" in rows[0]["line"]
+    assert "absent" in rows[1]  # an op this build does not have is not a failure
+    assert os.environ[gc.SKIP_OPS_ENV] == "mma_sp24_linear"
+    assert not gc._has_op(torch, "mma_sp24_linear") and gc._has_op(torch, "quantize_per_row")
