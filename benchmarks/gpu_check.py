@@ -9,11 +9,12 @@ under 5 minutes on one H200. Steps (each recorded in DIR/gpu_check.json):
 
 1. build: `setup.py build_ext --inplace` with SCALENN_CUDA=1, only this GPU's arch (sm_90a on
    Hopper);
-2. tests: pytest on the CUDA and Triton test files (the Triton ones run on the GPU here);
-   then a layout probe of each 2:4 kernel (benchmarks/sparse24_probe.py: which input element
-   each output element was made of), which names what is wrong when a new kernel fails;
-3. limits: device copy bandwidth and the bf16 (and int8) matmul rates of cuBLAS;
-4. int8 W8A8 linear (activation quantization included) vs torch._int_mm with separate
+2. probes: a layout map of each 2:4 kernel (benchmarks/sparse24_probe.py: which input element
+   each output element was made of), one process per kernel, which names what is wrong when a
+   new kernel fails; a kernel whose process crashes is left out of the steps below;
+3. tests: pytest on the CUDA and Triton test files (the Triton ones run on the GPU here);
+4. limits: device copy bandwidth and the bf16 (and int8) matmul rates of cuBLAS;
+5. int8 W8A8 linear (activation quantization included) vs torch._int_mm with separate
    quantize/dequantize vs bf16 F.linear; 2:4 sparse (mma.sp, and wgmma.sp where built) vs
    torch.sparse to_sparse_semi_structured vs dense; gradient-bucket pack vs the copy bandwidth.
    K = N in {4096, 8192}, M in {16, 128, 1024, 8192}. CUDA events, warm-up, interleaved
