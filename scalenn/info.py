@@ -21,6 +21,25 @@ def transparent_huge_pages() -> str:
     return f"{mode} ({used})"
 
 
+def wgmma_sp24_status() -> str:
+    """Whether the Hopper 2:4 kernel (scalenn::wgmma_sp24_linear) runs here: it exists only in
+    CUDA builds and runs only on a Hopper GPU with sm_90a code in the build."""
+    try:
+        op = torch.ops.scalenn.wgmma_sp24_linear
+    except (AttributeError, RuntimeError):
+        return "not built (no CUDA kernels in this build)"
+    if not torch.cuda.is_available():
+        return "built; no CUDA device"
+    from ._ops.sparse24_layout import pack_sparse24, prune_2_4
+    values, meta = pack_sparse24(prune_2_4(torch.randn(16, 32)).half())
+    try:
+        op(torch.zeros(1, 32, dtype=torch.float16, device="cuda"), values.cuda(), meta.cuda(),
+           None, None, 16, "none")
+    except RuntimeError as e:
+        return "not usable: " + str(e).splitlines()[0][:160]
+    return "runs on this GPU (an op of its own; mma_sp24_linear is the default 2:4 kernel)"
+
+
 def collect() -> dict:
     build = _C.build_info()
     triton_version = None
@@ -51,6 +70,7 @@ def collect() -> dict:
         "cuda archs": cuda_archs or "-",
         "cuda device available": torch.cuda.is_available(),
         "gpu backend for CUDA tensors": gpu_backend(),
+        "2:4 on Hopper (wgmma.sp)": wgmma_sp24_status(),
         "SCALENN_INT8_GPU_KERNEL": os.environ.get("SCALENN_INT8_GPU_KERNEL", "auto") + (
             " (int8_linear on CUDA: Triton in CUDA-graph capture and above 2^36 MACs on Hopper, "
             "else the compiled mma kernel)" if build["cuda"] else ""),

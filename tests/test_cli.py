@@ -18,8 +18,12 @@ def test_info_reports_isa_and_build():
     result = run_cli("info")
     assert result.returncode == 0, result.stderr
     for key in ("cpu isa (selected)", "cuda kernels built", "triton", "threads", "torch",
-                "avx512vbmi kernels", "transparent huge pages"):
+                "avx512vbmi kernels", "transparent huge pages", "2:4 on Hopper (wgmma.sp)"):
         assert key in result.stdout
+    import scalenn
+    if not scalenn._C.build_info()["cuda"]:
+        line = next(l for l in result.stdout.splitlines() if l.startswith("2:4 on Hopper"))
+        assert line.split(None, 4)[-1].startswith("not built"), line
 
 
 def test_info_honours_isa_override():
