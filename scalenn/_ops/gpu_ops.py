@@ -1,7 +1,8 @@
 """GPU tensor-core family (mma_sp24_linear): plain-PyTorch reference (the test oracle and the
 CPU implementation), fake kernel. The CUDA implementation is csrc/cuda/sparse24_cuda.cpp
 (SCALENN_CUDA builds), which also defines wgmma_sp24_linear: the same contract on the Hopper
-wgmma.sp kernel, a CUDA-only op (no CPU kernel) that gets the same fake kernel here. The gradient-bucket ops are scalenn::bucket_* (scalenn/_ops/bucket.py).
+wgmma.sp kernel, a CUDA-only op (no CPU kernel) that gets the same fake kernel here. The
+gradient-bucket ops are scalenn::bucket_* (scalenn/_ops/bucket.py).
 """
 import torch
 import torch.nn.functional as F
