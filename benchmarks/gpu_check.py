@@ -546,10 +546,6 @@ def probe_sparse24(out_dir, timeout_s=120):
     """The layout map of benchmarks/sparse24_probe.py for each 2:4 kernel (mma.sp is the
     control: it passed its tests on an H200), each in its own process: one row per kernel. A
     kernel whose process fails is added to SKIP_OPS_ENV for the rest of the run."""
-    spec = importlib.util.spec_from_file_location(
-        "sparse24_probe", os.path.join(ROOT, "benchmarks", "sparse24_probe.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     rows = []
     for kernel in SPARSE24_KERNELS:
         name, out = f"{kernel}.sp", os.path.join(out_dir, f"probe_{kernel}_sp24.json")
@@ -563,8 +559,7 @@ def probe_sparse24(out_dir, timeout_s=120):
             rc, log = -1, "[timed out]"
         if rc == 0:
             with open(out) as f:
-                result = json.load(f)
-            rows.append({"variant": name, "line": probe.summary_line(name, result), **result})
+                rows.append({"variant": name, **json.load(f)})  # its "line" included
         elif "has no attribute" in log or "no sm_90a code" in log:
             rows.append({"variant": name, "absent": log.strip().splitlines()[-1][:300]})
         else:

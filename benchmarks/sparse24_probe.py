@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     import scalenn  # noqa: F401  (registers the ops)
     op = getattr(torch.ops.scalenn, f"{args.kernel}_sp24_linear")
     report = probe(torch, op, args.device)
+    report["line"] = summary_line(f"{args.kernel}.sp", report)
     if args.device == "cuda":
         torch.cuda.synchronize()  # a fault surfaces here at the latest, as a non-zero exit
     with open(args.out, "w") as f:

@@ -47,7 +47,7 @@ void shm_post_cpu(const at::Tensor& counters, int64_t index, int64_t value) {
 
 // Waits until counters[first + i * stride] >= target for every i < count, or until timeout_s
 // has passed. Returns -1 when all arrived, else the first i that had not (for the error
-// message: which rank is missing). timeout_s = 0 polls once.
+// message: which rank is missing). timeout_s = 0 returns after the brief spin below.
 //
 // How it waits: spins briefly (a peer that is about to post), then yields, then sleeps 50 us
 // per check once it has waited over a millisecond, so a rank waiting for a slower peer does not

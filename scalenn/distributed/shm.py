@@ -134,7 +134,7 @@ class SharedRegion:
             os.close(fd)
 
     @classmethod
-    def open(cls, nbytes: int, group, rank: int, world: int) -> Optional["SharedRegion"]:
+    def open(cls, nbytes: int, group, rank: int) -> Optional["SharedRegion"]:
         """Collective over `group`, whose ranks Topology found on one machine. None when
         /dev/shm is missing or lacks the space, or any rank fails to map the file."""
         header = torch.zeros(3, dtype=torch.int64)  # ok, creator pid, random name part
@@ -224,7 +224,7 @@ class ShmBuckets:
         for s in self.shard:
             self.offsets.append(total)
             total += _aligned(world * s * world * itemsize)
-        self.region = SharedRegion.open(total, group, rank, world)
+        self.region = SharedRegion.open(total, group, rank)
         if self.region is not None:
             self.counters = self.region.bytes[:control].view(torch.int64)
 
@@ -292,7 +292,7 @@ class ShmWire(FloatWire):
         plan.wait(self.index, _DONE, self.gen, True, self.what)
         self.gen += 1
         self.in_place = in_place
-        scale = 1.0 / self.plan.total_world
+        scale = 1.0 / plan.total_world
         if in_place:
             self.flat[:self.numel].mul_(scale)
         else:
